@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Make sure what the test suite talks to is there: PostgreSQL (unless TEST_DATABASE_URL points
+# elsewhere). Starts the local cluster when it is down.
+set -euo pipefail
+if [ -z "${TEST_DATABASE_URL:-}" ]; then
+  if command -v pg_isready >/dev/null && ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+    if command -v pg_ctlcluster >/dev/null; then
+      echo "starting the local PostgreSQL cluster"
+      pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+      for _ in $(seq 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+    fi
+  fi
+fi

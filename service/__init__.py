@@ -1,0 +1,1 @@
+"""The recommender service: REST API, PostgreSQL storage, training worker and admin dashboard."""
