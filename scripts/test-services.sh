@@ -11,3 +11,10 @@ if [ -z "${TEST_DATABASE_URL:-}" ]; then
     fi
   fi
 fi
+# The admin dashboard's browser tests drive Debian's headless Chromium through chromedriver.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if command -v apt-get >/dev/null; then
+    echo "installing chromium and chromium-driver for the browser tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  fi
+fi
