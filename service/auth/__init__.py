@@ -1,0 +1,1 @@
+"""API keys (stored hashed) with the roles ``admin`` and ``read``, and the request dependencies that check them."""

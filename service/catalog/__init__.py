@@ -1,0 +1,1 @@
+"""Users and items, addressed by the callers' external string ids."""
