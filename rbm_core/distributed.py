@@ -27,8 +27,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -298,7 +299,10 @@ class DataParallelTrainer:
             negative = self.sampler.run(self.model, state, self.config.k, key.fold(1), positions).visible
             num_negative = len(batch_rows)
         self.optimizer.zero_grad(set_to_none=False)
-        loss = self.model.free_energy(positive).sum() / len(batch_rows) - self.model.free_energy(negative.detach()).sum() / num_negative
+        loss = (
+            self.model.free_energy(positive).sum() / len(batch_rows)
+            - self.model.free_energy(negative.detach()).sum() / num_negative
+        )
         loss.backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
         flat = torch.cat([p.grad.reshape(-1) for p in params])
@@ -318,7 +322,9 @@ class DataParallelTrainer:
         self._broadcast_parameters()
         train_state = self.model.encode(train)
         valid_state = None if valid is None else self.model.encode(valid)
-        metric_rows = torch.randperm(len(train_state), generator=torch.Generator().manual_seed(0))[: self.config.metric_rows]
+        metric_rows = torch.randperm(len(train_state), generator=torch.Generator().manual_seed(0))[
+            : self.config.metric_rows
+        ]
         history = History()
         for epoch in range(self.config.epochs):
             self.model.train()
@@ -390,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         config = RBMConfig(train.shape[1], args.hidden)
     else:
         config = RBMConfig(train.shape[1], args.hidden, visible="softmax", num_values=num_values)
-    model = RBM(config, dtype=getattr(torch, args.dtype), device=device, generator=torch.Generator().manual_seed(args.seed))
+    model = RBM(
+        config, dtype=getattr(torch, args.dtype), device=device, generator=torch.Generator().manual_seed(args.seed)
+    )
     model.init_visible_bias_from_data(train)
     trainer = DataParallelTrainer(
         model,
@@ -406,7 +414,11 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
         ),
         metrics=default_metrics(model, valid is not None),
-        callbacks=[lambda e, m: print(f"epoch {e}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "epoch"), flush=True)],
+        callbacks=[
+            lambda e, m: print(
+                f"epoch {e}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "epoch"), flush=True
+            )
+        ],
     )
     if rank == 0:
         print(f"{world_size} process(es) on {device}; global batch {args.batch_size}", flush=True)

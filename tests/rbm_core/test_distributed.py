@@ -107,8 +107,28 @@ def test_two_gloo_processes_match_one_process(tmp_path, persistent):
     round-off. The global batch (25) and chain count (13) are odd, so the shards are uneven."""
     data = _planted(300, 12, seed=4).to(torch.int64)
     torch.save({"train": data[:250], "valid": data[250:]}, tmp_path / "snapshot.pt")
-    common = ["--data", "snapshot.pt", "--hidden", "5", "--epochs", "3", "--batch-size", "25", "--num-chains", "13",
-              "--learning-rate", "0.05", "--k", "2", "--seed", "11", "--dtype", "float64", "--num-values", "1"]
+    common = [
+        "--data",
+        "snapshot.pt",
+        "--hidden",
+        "5",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "25",
+        "--num-chains",
+        "13",
+        "--learning-rate",
+        "0.05",
+        "--k",
+        "2",
+        "--seed",
+        "11",
+        "--dtype",
+        "float64",
+        "--num-values",
+        "1",
+    ]
     if not persistent:
         common.append("--cd")
     _run([sys.executable, "-m", "rbm_core.distributed", *common, "--out", "one.pt"], tmp_path)
