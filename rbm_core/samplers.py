@@ -121,3 +121,83 @@ class BlockGibbs:
             means[index] = units.mean(model.field(index, layers), beta, mask)
             layers[index] = units.sample(None, mask=mask, generator=generator, mean=means[index])
         return state.with_layers(layers, means)
+
+
+class SingleSiteGibbs:
+    """Sequential single-site Gibbs sweeps: every unit in turn (layer 0's units in order, then
+    layer 1's, ...) is redrawn from its exact conditional given all other units' current values.
+
+    Valid for any layered model whose ``field(index, state)`` gives each unit's field given all
+    other units (true for an RBM and a DBM, and for a ``BoltzmannMachine`` with lateral
+    connections, whose lateral weights have a zero diagonal). Each single-unit update leaves the
+    model's distribution invariant, so a fixed-order sweep does too. The units are visited one
+    after another (a Python loop, since with full lateral connections the interaction graph is
+    complete and no colouring does better); the *batch* of chains is updated in parallel.
+    A model may offer ``site_field_function()`` returning ``f(index, unit, layers) -> field`` of
+    one unit (``(batch,)`` or ``(batch, K)``) for speed; otherwise the layer's whole field is
+    recomputed for each unit.
+
+    After a sweep, ``state.means`` holds every unit's conditional mean given all the *other*
+    units of the final state; for i != j, E[mean_i * x_j] = E[x_i * x_j], an unbiased
+    (Rao-Blackwellised) estimate of the pairwise statistics.
+    ``layers`` restricts the sweep to some layers (e.g. ``(1,)`` for a clamped phase).
+    """
+
+    def __init__(self, layers: Sequence[int] | None = None) -> None:
+        self.update_layers = None if layers is None else tuple(layers)
+
+    def init(
+        self,
+        model: LayeredModel,
+        visible: Tensor,
+        generator: torch.Generator | None = None,
+        beta: Tensor | None = None,
+    ) -> ChainState:
+        """Chains clamped at ``visible``; hidden layers start at zero and get one sweep."""
+        with torch.no_grad():
+            mask = model.layers[0].mask(visible)
+            layers: list[Tensor] = [visible]
+            for units in model.layers[1:]:
+                layers.append(torch.zeros(units.state_shape(visible.shape[0]), dtype=visible.dtype, device=visible.device))
+            state = ChainState(tuple(layers), mask, beta)
+            return self.sweep(model, state, generator, range(1, len(layers)))
+
+    def step(
+        self, model: LayeredModel, state: ChainState, generator: torch.Generator | None = None
+    ) -> tuple[ChainState, dict[str, Any]]:
+        return self.sweep(model, state, generator, self.update_layers), {}
+
+    def run(
+        self, model: LayeredModel, state: ChainState, num_steps: int, generator: torch.Generator | None = None
+    ) -> ChainState:
+        for _ in range(num_steps):
+            state, _ = self.step(model, state, generator)
+        return state
+
+    @staticmethod
+    def sweep(
+        model: LayeredModel,
+        state: ChainState,
+        generator: torch.Generator | None = None,
+        update_layers: Sequence[int] | None = None,
+    ) -> ChainState:
+        """One sequential sweep over the units of ``update_layers`` (all layers by default)."""
+        with torch.no_grad():
+            layers = [x.clone() for x in state.layers]
+            beta = _beta(state)
+            indices = range(len(layers)) if update_layers is None else update_layers
+            site_field = getattr(model, "site_field_function", None)
+            field_of = site_field() if site_field is not None else (lambda i, u, xs: model.field(i, xs)[:, u])
+            for index in indices:
+                units = model.layers[index]
+                one = replace(units, size=1)
+                mask = state.mask if index == 0 else None
+                for unit in range(units.size):
+                    field = field_of(index, unit, layers).unsqueeze(1)
+                    unit_mask = None if mask is None else mask[:, unit : unit + 1]
+                    layers[index][:, unit : unit + 1] = one.sample(field, beta, unit_mask, generator)
+            means = tuple(
+                units.mean(model.field(i, layers), beta, state.mask if i == 0 else None)
+                for i, units in enumerate(model.layers)
+            )
+            return state.with_layers(layers, means)
