@@ -1,0 +1,750 @@
+"""Rating models: configuration, training (CD-k with a k schedule, momentum, weight decay, a
+learning-rate schedule and early stopping on validation RMSE), prediction, top-N ranking,
+fold-in, sampled reconstructions and (de)serialisation.
+
+Orientation. ``"user"``: a case is one user's ratings over the items (N = num_items softmax
+units). ``"item"``: a case is one item's ratings over the users (N = num_users units).
+
+Prediction of user u's rating of item q is the RBM's exact conditional p(v_q = k | the case's
+other ratings) (or its one-step mean-field approximation, ``prediction="mean_field"``):
+user-based, the case is u's known ratings and q a visible unit; item-based, the case is q's
+ratings by the training users and u a visible unit.
+
+Fold-in. User-based: a new user's ratings are simply clamped as a case; nothing is fitted.
+Item-based: a new user is a new visible unit. Their weights W_u (K × H) and biases b_u (K) are
+fitted with everything else frozen, by maximising Σ_{(q, r) known} log p(v_u = r | case q) (the
+same conditional used for prediction, case q's hidden field fixed) with the training L2 penalty,
+by L-BFGS from the training users' average weights. This is a small (K·(H+1)-parameter) smooth
+problem and takes milliseconds.
+
+Ranking score for top-N (``ranking="engagement"``): an implicit-feedback Bernoulli RBM
+(``rbm_core.RBM``, user-based, visible unit i = "the user rated item i") is trained next to the
+rating model. Its exact conditional p(rated_q = 1 | the user's other rated indicators) is the
+engagement probability; the ranking score is
+
+    score(q) = log p(rated_q = 1 | ...) + ranking_weight · log P(rating_q ≥ like_threshold | ...)
+
+i.e. (for weight 1) the log-probability that the user both picks q and likes it. With
+``ranking="rating"`` the score is the expected rating alone.
+
+Fallbacks. A user with no known ratings gets each item's training rating histogram shrunk
+toward the global histogram (prior weight ``fallback_prior`` ratings) as p(rating), and the
+popularity order for recommendations; an item with no training ratings gets the user's own
+known-rating histogram shrunk the same way (the global one when the user has none).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import pickle
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from rbm_core.ratings.data import RatingMatrix
+from rbm_core.ratings.nets import CaseBatch, CaseStore, SoftmaxRBMNet
+from rbm_core.training import EarlyStopping, TrainingDiverged, check_finite_parameters
+
+FORMAT = "rbm_core.ratings"
+FORMAT_VERSION = 1
+
+_KINDS = ("rbm", "dbm", "bm")
+_ORIENTATIONS = ("user", "item")
+
+
+@dataclass(frozen=True)
+class RatingModelConfig:
+    """Hyperparameters of a rating model. ``k_schedule``: ((first_epoch, k), ...) CD steps by
+    epoch (1 → 3 → 5 → 9); ``learning_rate`` decays by ``lr_decay`` per epoch; early stopping
+    watches validation RMSE with ``patience`` epochs and restores the best weights."""
+
+    kind: str = "rbm"
+    orientation: str = "item"
+    num_hidden: int = 100
+    epochs: int = 40
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    lr_decay: float = 0.97
+    momentum: float = 0.9
+    initial_momentum: float = 0.5
+    momentum_switch_epoch: int = 3
+    weight_decay: float = 0.001
+    k_schedule: tuple[tuple[int, int], ...] = ((0, 1), (15, 3), (25, 5), (35, 9))
+    conditional: bool = False
+    prediction: str = "exact"
+    layout: str = "sparse"
+    init_std: float = 0.01
+    patience: int = 4
+    ranking: str = "engagement"
+    ranking_weight: float = 1.0
+    like_threshold: int = 4
+    engagement_hidden: int = 100
+    engagement_epochs: int = 30
+    engagement_learning_rate: float = 0.05
+    mean_field_steps: int = 10
+    fallback_prior: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        schedule = tuple(tuple(int(x) for x in pair) for pair in self.k_schedule)
+        object.__setattr__(self, "k_schedule", schedule)
+        checks = [
+            (self.kind in _KINDS, f"kind must be one of {_KINDS}, got {self.kind!r}"),
+            (self.orientation in _ORIENTATIONS, f"orientation must be one of {_ORIENTATIONS}, got {self.orientation!r}"),
+            (self.prediction in ("exact", "mean_field"), f"prediction must be 'exact' or 'mean_field', got {self.prediction!r}"),
+            (self.layout in ("dense", "sparse"), f"layout must be 'dense' or 'sparse', got {self.layout!r}"),
+            (self.ranking in ("engagement", "rating"), f"ranking must be 'engagement' or 'rating', got {self.ranking!r}"),
+            (self.num_hidden >= 1, "num_hidden must be positive"),
+            (self.epochs >= 1, "epochs must be positive"),
+            (self.batch_size >= 1, "batch_size must be positive"),
+            (self.learning_rate > 0, "learning_rate must be positive"),
+            (0 < self.lr_decay <= 1, "lr_decay must lie in (0, 1]"),
+            (0 <= self.momentum < 1 and 0 <= self.initial_momentum < 1, "momentum must lie in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be non-negative"),
+            (len(schedule) > 0 and all(len(p) == 2 and p[1] >= 1 for p in schedule) and schedule[0][0] == 0,
+             "k_schedule must be ((0, k0), (epoch, k), ...) with every k >= 1"),
+            (self.patience >= 1, "patience must be positive"),
+            (self.engagement_hidden >= 1 and self.engagement_epochs >= 1, "engagement sizes must be positive"),
+            (self.mean_field_steps >= 1, "mean_field_steps must be positive"),
+            (self.fallback_prior >= 0, "fallback_prior must be non-negative"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def k_at(self, epoch: int) -> int:
+        k = self.k_schedule[0][1]
+        for first, value in self.k_schedule:
+            if epoch >= first:
+                k = value
+        return k
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["k_schedule"] = [list(p) for p in self.k_schedule]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RatingModelConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"unknown rating-model config key(s): {', '.join(unknown)}")
+        clean: dict[str, Any] = {}
+        for name, value in data.items():
+            default = getattr(cls, name, None) if name != "k_schedule" else ()
+            if name == "k_schedule":
+                try:
+                    value = tuple(tuple(int(x) for x in pair) for pair in value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"k_schedule must be a list of [first_epoch, k] pairs, got {value!r}") from None
+            elif isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"{name} must be true or false, got {value!r}")
+            elif isinstance(default, int):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(f"{name} must be an integer, got {value!r}")
+            elif isinstance(default, float):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"{name} must be a number, got {value!r}")
+                value = float(value)
+            elif isinstance(default, str):
+                if not isinstance(value, str):
+                    raise ValueError(f"{name} must be a string, got {value!r}")
+            clean[name] = value
+        try:
+            return cls(**clean)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class RatingModelError(ValueError):
+    """Bad model bytes or bad arguments to a rating model."""
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+class RatingModel:
+    """A trained rating model: the network, the training ratings it predicts from (needed by the
+    item-based orientation and the fallbacks), the engagement RBM and popularity counts."""
+
+    def __init__(self, config: RatingModelConfig, train: RatingMatrix, net: torch.nn.Module,
+                 engagement=None, rated_extra: RatingMatrix | None = None) -> None:
+        self.config = config
+        self.num_users = train.num_users
+        self.num_items = train.num_items
+        self.num_values = train.num_values
+        self.net = net
+        self.engagement = engagement
+        self.train_data = train
+        self.rated_extra = rated_extra
+        self.history: list[dict[str, float]] = []
+        self.train_seconds: float = 0.0
+        self._prepare()
+
+    # -- derived state -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+    def _prepare(self) -> None:
+        train, K = self.train_data, self.num_values
+        self.item_counts = train.item_counts()
+        global_hist = torch.bincount(train.ratings - 1, minlength=K).double() + 1.0
+        self.global_hist = global_hist / global_hist.sum()
+        item_hist = torch.zeros(self.num_items, K, dtype=torch.float64)
+        item_hist.index_put_((train.items, train.ratings - 1), torch.ones(len(train), dtype=torch.float64), accumulate=True)
+        prior = self.config.fallback_prior
+        self.item_fallback = (item_hist + prior * self.global_hist) / (item_hist.sum(-1, keepdim=True) + prior)
+        self._item_cases: CaseStore | None = None
+        self._item_fields: Tensor | None = None
+        if self.config.orientation == "item":
+            self._item_cases = self._case_store(train.transpose(), None if self.rated_extra is None else self.rated_extra.transpose())
+
+    def _case_store(self, data: RatingMatrix, extra: RatingMatrix | None) -> CaseStore:
+        rated = None
+        if self.config.conditional:
+            both = data if extra is None else data.concat(extra)
+            rated = (both.users, both.items)
+        return CaseStore(data.num_users, data.users, data.items, data.ratings, rated)
+
+    def _item_case_fields(self) -> Tensor:
+        """Hidden field of every item case (item-based), computed once and cached."""
+        if self._item_fields is None:
+            store = self._item_cases
+            parts = []
+            with torch.no_grad():
+                for start in range(0, store.num_cases, 1024):
+                    cases = torch.arange(start, min(start + 1024, store.num_cases))
+                    parts.append(self.net.hidden_field(store.batch(cases).to(self.device)))
+            self._item_fields = torch.cat(parts) if parts else torch.zeros(0, self.config.num_hidden)
+        return self._item_fields
+
+    # -- input checks ------------------------------------------------------------------------
+    def _known(self, item_idx, ratings) -> tuple[Tensor, Tensor]:
+        item_idx = torch.as_tensor(item_idx).long().reshape(-1).cpu()
+        ratings = torch.as_tensor(ratings).long().reshape(-1).cpu()
+        if item_idx.numel() != ratings.numel():
+            raise RatingModelError(f"item_idx and ratings differ in length ({item_idx.numel()} vs {ratings.numel()})")
+        if item_idx.numel():
+            if int(item_idx.min()) < 0 or int(item_idx.max()) >= self.num_items:
+                raise RatingModelError(f"item index out of range 0..{self.num_items - 1}")
+            if int(ratings.min()) < 1 or int(ratings.max()) > self.num_values:
+                raise RatingModelError(f"ratings must lie in 1..{self.num_values}")
+            if torch.unique(item_idx).numel() != item_idx.numel():
+                raise RatingModelError("an item appears more than once among the known ratings")
+        return item_idx, ratings
+
+    def _items(self, items) -> Tensor:
+        if items is None:
+            return torch.arange(self.num_items)
+        items = torch.as_tensor(items).long().reshape(-1).cpu()
+        if items.numel() and (int(items.min()) < 0 or int(items.max()) >= self.num_items):
+            raise RatingModelError(f"item index out of range 0..{self.num_items - 1}")
+        return items
+
+    def _user_index(self, user_index: int | None) -> int | None:
+        if user_index is None:
+            return None
+        if not 0 <= int(user_index) < self.num_users:
+            raise RatingModelError(f"user_index {user_index} out of range 0..{self.num_users - 1}")
+        return int(user_index)
+
+    # -- prediction ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_proba(self, item_idx, ratings, items=None, user_index: int | None = None) -> Tensor:
+        """p(rating = k) for ``items`` (default all), ``(len(items), K)``, given one user's known
+        ratings; ``user_index`` names the training row, None folds the user in."""
+        item_idx, ratings = self._known(item_idx, ratings)
+        items = self._items(items)
+        user_index = self._user_index(user_index)
+        if item_idx.numel() == 0 and (user_index is None or self.config.orientation == "user"):
+            return self.item_fallback[items].to(self.dtype)
+        if self.config.kind != "rbm":
+            probs = self._deep_proba(item_idx, ratings, items)
+        elif self.config.orientation == "user":
+            batch = _single_case(item_idx, ratings, self.config.conditional).to(self.device)
+            logits = self.net.query_logits(batch, torch.zeros_like(items).to(self.device), items.to(self.device),
+                                           exact=self.config.prediction == "exact")
+            probs = torch.softmax(logits, -1).cpu()
+        else:
+            probs = self._item_based_proba(item_idx, ratings, items, user_index)
+        return self._apply_unseen_fallback(probs, items, ratings)
+
+    def _apply_unseen_fallback(self, probs: Tensor, items: Tensor, ratings: Tensor) -> Tensor:
+        unseen = self.item_counts[items] == 0
+        if bool(unseen.any()):
+            hist = torch.bincount(ratings - 1, minlength=self.num_values).double()
+            prior = self.config.fallback_prior
+            user_hist = (hist + prior * self.global_hist) / (hist.sum() + prior)
+            probs = probs.clone()
+            probs[unseen] = user_hist.to(probs.dtype)
+        return probs
+
+    def _item_based_proba(self, item_idx: Tensor, ratings: Tensor, items: Tensor, user_index: int | None) -> Tensor:
+        fields_all = self._item_case_fields()
+        store = self._item_cases
+        batch = store.batch(items).to(self.device)
+        field = fields_all[items.to(self.device)]
+        exact = self.config.prediction == "exact"
+        if user_index is not None:
+            units = torch.full_like(items, user_index).to(self.device)
+            logits = self.net.query_logits(batch, torch.arange(len(items), device=self.device), units, exact=exact, field=field)
+            return torch.softmax(logits, -1).cpu()
+        weight, bias = self.fold_in_weights(item_idx, ratings)
+        return torch.softmax(self._new_unit_logits(batch, field, weight, bias), -1).cpu()
+
+    def _new_unit_logits(self, batch: CaseBatch, field: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Item-based: logits of a new visible unit (weights ``(K, H)``, bias ``(K,)``) in each
+        case of ``batch`` (the unit is unobserved there; conditional r_u taken as 1)."""
+        base = field
+        if self.config.conditional:
+            pass  # the new user's D row is zero: "given rated" adds nothing
+        if self.config.prediction == "exact":
+            return F.softplus(base.unsqueeze(1) + weight).sum(-1) + bias
+        return torch.sigmoid(base) @ weight.t() + bias
+
+    def fold_in_weights(self, item_idx: Tensor, ratings: Tensor, iterations: int = 50) -> tuple[Tensor, Tensor]:
+        """Item-based fold-in: fit a new user's ``(K, H)`` weights and ``(K,)`` biases to their
+        known ratings with the rest of the model frozen (see the module docstring)."""
+        if self.config.orientation != "item":
+            raise RatingModelError("fold_in_weights applies to the item-based orientation")
+        item_idx, ratings = self._known(item_idx, ratings)
+        net = self.net
+        weight0 = net.weight.detach().mean(0)
+        bias0 = net.visible_bias.detach().mean(0)
+        if item_idx.numel() == 0:
+            return weight0, bias0
+        batch = self._item_cases.batch(item_idx).to(self.device)
+        field = self._item_case_fields()[item_idx.to(self.device)]
+        target = (ratings - 1).to(self.device)
+        weight = weight0.clone().requires_grad_(True)
+        bias = bias0.clone().requires_grad_(True)
+        decay = self.config.weight_decay
+        optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            logits = self._new_unit_logits(batch, field, weight, bias)
+            loss = F.cross_entropy(logits, target, reduction="sum") + 0.5 * decay * len(target) * weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            optimizer.step(closure)
+        return weight.detach(), bias.detach()
+
+    @torch.no_grad()
+    def expected_rating(self, item_idx, ratings, items=None, user_index: int | None = None) -> Tensor:
+        """E[rating] for ``items`` (default all), ``(len(items),)``."""
+        probs = self.predict_proba(item_idx, ratings, items, user_index)
+        return probs @ torch.arange(1, self.num_values + 1, dtype=probs.dtype)
+
+    @torch.no_grad()
+    def ranking_scores(self, item_idx, ratings, user_index: int | None = None) -> tuple[Tensor, Tensor]:
+        """(ranking score, expected rating) for every item, each ``(num_items,)``."""
+        item_idx, ratings = self._known(item_idx, ratings)
+        probs = self.predict_proba(item_idx, ratings, None, user_index)
+        values = torch.arange(1, self.num_values + 1, dtype=probs.dtype)
+        expected = probs @ values
+        if item_idx.numel() == 0:
+            return self.item_counts.to(probs.dtype), expected
+        if self.config.ranking == "rating" or self.engagement is None:
+            return expected, expected
+        engage = self.engagement_log_prob(item_idx)
+        like = probs[:, self.config.like_threshold - 1 :].sum(-1).clamp_min(1e-12).log()
+        return engage + self.config.ranking_weight * like, expected
+
+    @torch.no_grad()
+    def engagement_log_prob(self, item_idx: Tensor) -> Tensor:
+        """log p(rated_q = 1 | the user's other rated indicators) for every item, ``(num_items,)``,
+        exact in the implicit Bernoulli RBM."""
+        rbm = self.engagement
+        r = torch.zeros(1, self.num_items, dtype=rbm.weight.dtype, device=rbm.weight.device)
+        r[0, item_idx.to(r.device)] = 1.0
+        x = rbm.hidden_field(r)[0]  # (H,)
+        w = rbm.weight  # (N, H)
+        base = x - r[0].unsqueeze(-1) * w  # field with r_q = 0
+        logit = rbm.visible_bias + (F.softplus(base + w) - F.softplus(base)).sum(-1)
+        return F.logsigmoid(logit).cpu().to(self.dtype)
+
+    @torch.no_grad()
+    def recommend(self, item_idx, ratings, n: int = 10, offset: int = 0, exclude_known: bool = True,
+                  user_index: int | None = None) -> list[tuple[int, float, float]]:
+        """Top ``n`` items after ``offset``: (item index, ranking score, expected rating). A user
+        with no ratings gets the popularity order (score = training count)."""
+        if n < 0 or offset < 0:
+            raise RatingModelError("n and offset must be non-negative")
+        item_idx, ratings = self._known(item_idx, ratings)
+        score, expected = self.ranking_scores(item_idx, ratings, user_index)
+        score = score.clone()
+        if exclude_known and item_idx.numel():
+            score[item_idx] = -math.inf
+        order = torch.argsort(score, descending=True, stable=True)
+        keep = order[offset : offset + n]
+        keep = keep[torch.isfinite(score[keep])]
+        return [(int(i), float(score[i]), float(expected[i])) for i in keep]
+
+    def popular_items(self, n: int = 10, offset: int = 0) -> list[tuple[int, float]]:
+        """Items by training rating count: (item index, count)."""
+        order = torch.argsort(self.item_counts, descending=True, stable=True)[offset : offset + n]
+        return [(int(i), float(self.item_counts[i])) for i in order]
+
+    @torch.no_grad()
+    def reconstruct(self, item_idx, ratings, items=None, steps: int = 1, num_samples: int = 1, seed: int | None = None,
+                    user_index: int | None = None) -> tuple[Tensor, Tensor]:
+        """Sampled ratings after ``steps`` Gibbs sweeps from the user's clamped ratings.
+
+        Returns ``(samples (S, len(items)) in 1..K, free energies (S,))``. Each sample starts from
+        h ~ p(h | known ratings); a sweep draws the chosen items' ratings from p(v | h) and then
+        h from p(h | known ratings ∪ sampled ratings), the known ratings staying clamped. The free
+        energy is F of the user's case with the sampled ratings filled in. Item-based models
+        reconstruct through the user-based view of the same conditionals: each item is drawn from
+        ``predict_proba`` (exact conditionals given the other users), so ``steps`` only matters
+        for user-based models."""
+        if steps < 1 or num_samples < 1:
+            raise RatingModelError("steps and num_samples must be at least 1")
+        item_idx, ratings = self._known(item_idx, ratings)
+        items = self._items(items)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
+        if self.config.orientation == "item" or self.config.kind != "rbm":
+            probs = self.predict_proba(item_idx, ratings, items, user_index).to(self.device)
+            samples = torch.stack([torch.multinomial(probs, 1, generator=generator)[:, 0] + 1 for _ in range(num_samples)])
+            log_p = torch.log(probs.clamp_min(1e-12))
+            energy = -log_p.gather(1, (samples - 1).t()).sum(0)
+            return samples.cpu(), energy.cpu()
+        net = self.net
+        free = ~torch.isin(items, item_idx)
+        query = items[free]
+        rows = torch.arange(num_samples).repeat_interleave(len(item_idx) + len(query))
+        known_units = torch.cat([item_idx, query])
+        units = known_units.repeat(num_samples)
+        base_ratings = torch.cat([ratings, torch.ones(len(query), dtype=torch.long)])
+        current = base_ratings.repeat(num_samples).to(self.device)
+        known_mask = torch.cat([torch.ones(len(item_idx), dtype=torch.bool), torch.zeros(len(query), dtype=torch.bool)]).repeat(num_samples).to(self.device)
+        per = len(known_units)
+        offsets = torch.arange(num_samples) * per
+        rated_case = rated_unit = None
+        if self.config.conditional:
+            rated_case, rated_unit = rows, units
+        full = CaseBatch(num_samples, rows, units, current, offsets, rated_case, rated_unit).to(self.device)
+        clamped = CaseBatch(num_samples, rows[known_mask.cpu()], units[known_mask.cpu()], current[known_mask], 
+                            torch.arange(num_samples) * len(item_idx), rated_case, rated_unit).to(self.device)
+        h = torch.bernoulli(torch.sigmoid(net.hidden_field(clamped)), generator=generator)
+        for step in range(steps):
+            probs = torch.softmax(net.observed_logits(full, h), -1)
+            sampled = torch.multinomial(probs, 1, generator=generator)[:, 0] + 1
+            current = torch.where(known_mask, current, sampled)
+            if step < steps - 1:
+                h = torch.bernoulli(torch.sigmoid(net.hidden_field(full, current)), generator=generator)
+        full.rating = current
+        energy = net.free_energy(full)
+        values = current.view(num_samples, per).cpu()
+        lookup = {int(u): j for j, u in enumerate(known_units)}
+        cols = torch.tensor([lookup[int(i)] for i in items], dtype=torch.long)
+        return values[:, cols], energy.cpu()
+
+    # -- batched evaluation --------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_pairs(self, users: Tensor, items: Tensor, known: RatingMatrix | None = None, chunk_cases: int = 256) -> Tensor:
+        """p(rating) for (user, item) pairs of training users, ``(P, K)``, given ``known`` ratings
+        (default: the training ratings). Unseen items get the fallback."""
+        known = self.train_data if known is None else known
+        users, items = users.long().cpu(), items.long().cpu()
+        exact = self.config.prediction == "exact"
+        if self.config.kind != "rbm":
+            return self._deep_pairs(users, items, known)
+        out = torch.empty(len(users), self.num_values, dtype=self.dtype)
+        if self.config.orientation == "user":
+            store = self._case_store(known, self.rated_extra)
+            case_of, unit_of = users, items
+        else:
+            store = self._case_store(known.transpose(), None if self.rated_extra is None else self.rated_extra.transpose())
+            case_of, unit_of = items, users
+        order = torch.argsort(case_of)
+        sorted_cases = case_of[order]
+        unique_cases = torch.unique(sorted_cases)
+        for start in range(0, len(unique_cases), chunk_cases):
+            cases = unique_cases[start : start + chunk_cases]
+            lo = torch.searchsorted(sorted_cases, cases[0])
+            hi = torch.searchsorted(sorted_cases, cases[-1], right=True)
+            pair_rows = order[lo:hi]
+            local = torch.searchsorted(cases, case_of[pair_rows])
+            batch = store.batch(cases).to(self.device)
+            logits = self.net.query_logits(batch, local.to(self.device), unit_of[pair_rows].to(self.device), exact=exact)
+            out[pair_rows] = torch.softmax(logits, -1).cpu().to(out.dtype)
+        # documented fallbacks: items never rated in training; users with no known ratings
+        unseen_item = self.item_counts[items] == 0
+        user_counts = known.user_counts()
+        empty_user = user_counts[users] == 0
+        if bool(unseen_item.any()) or bool(empty_user.any()):
+            hist = torch.zeros(self.num_users, self.num_values, dtype=torch.float64)
+            hist.index_put_((known.users, known.ratings - 1), torch.ones(len(known), dtype=torch.float64), accumulate=True)
+            prior = self.config.fallback_prior
+            user_hist = (hist + prior * self.global_hist) / (hist.sum(-1, keepdim=True) + prior)
+            out[unseen_item] = user_hist[users[unseen_item]].to(out.dtype)
+            out[empty_user] = self.item_fallback[items[empty_user]].to(out.dtype)
+        return out
+
+    # -- deep models (DBM / general BM) ----------------------------------------------------------
+    def _deep_proba(self, item_idx, ratings, items):
+        raise RatingModelError(f"kind {self.config.kind!r} is not available yet in this build")
+
+    def _deep_pairs(self, users, items, known):
+        raise RatingModelError(f"kind {self.config.kind!r} is not available yet in this build")
+
+    # -- serialisation ---------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """torch.save of plain tensors and a JSON header; read back with weights_only=True."""
+        header = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "num_values": self.num_values,
+            "history": self.history,
+            "train_seconds": self.train_seconds,
+            "has_engagement": self.engagement is not None,
+            "has_rated_extra": self.rated_extra is not None,
+        }
+        t = self.train_data
+        tensors = {
+            "train_users": t.users.to(torch.int32),
+            "train_items": t.items.to(torch.int32),
+            "train_ratings": t.ratings.to(torch.uint8),
+        }
+        if self.rated_extra is not None:
+            tensors["extra_users"] = self.rated_extra.users.to(torch.int32)
+            tensors["extra_items"] = self.rated_extra.items.to(torch.int32)
+        for name, value in self.net.state_dict().items():
+            tensors[f"net.{name}"] = value.detach().cpu().contiguous()
+        if self.engagement is not None:
+            for name, value in self.engagement.state_dict().items():
+                tensors[f"engagement.{name}"] = value.detach().cpu().contiguous()
+        buffer = io.BytesIO()
+        torch.save({"header": json.dumps(header), "tensors": tensors}, buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, device=None) -> "RatingModel":
+        """Rebuild a model from ``to_bytes`` output (no code executed); ``RatingModelError`` on
+        bytes that are not a rating model of this format."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise RatingModelError("rating model data must be bytes")
+        try:
+            payload = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, KeyError, OSError) as exc:
+            raise RatingModelError(f"rating model bytes are truncated or corrupted ({len(data)} bytes): {exc}") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("header"), str) or not isinstance(payload.get("tensors"), dict):
+            raise RatingModelError("not a rating model file: no header")
+        try:
+            header = json.loads(payload["header"])
+        except ValueError as exc:
+            raise RatingModelError(f"rating model header is not valid JSON: {exc}") from None
+        if header.get("format") != FORMAT:
+            raise RatingModelError("not a rating model file")
+        if header.get("format_version") != FORMAT_VERSION:
+            raise RatingModelError(f"rating model format version {header.get('format_version')!r} is not supported")
+        tensors = payload["tensors"]
+        try:
+            config = RatingModelConfig.from_dict(header["config"])
+            train = RatingMatrix(tensors["train_users"].long(), tensors["train_items"].long(), tensors["train_ratings"].long(),
+                                 int(header["num_users"]), int(header["num_items"]), int(header["num_values"]))
+            extra = None
+            if header.get("has_rated_extra"):
+                extra = RatingMatrix(tensors["extra_users"].long(), tensors["extra_items"].long(),
+                                     torch.ones_like(tensors["extra_users"]).long(), train.num_users, train.num_items, train.num_values)
+            net = _build_net(config, train, dtype=tensors["net.weight"].dtype if "net.weight" in tensors else torch.float32)
+            net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+            engagement = None
+            if header.get("has_engagement"):
+                engagement = _build_engagement(config, train.num_items)
+                engagement.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("engagement.")})
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise RatingModelError(f"rating model file is inconsistent: {exc}") from None
+        if device is not None:
+            net = net.to(device)
+            engagement = engagement.to(device) if engagement is not None else None
+        model = cls(config, train, net, engagement, extra)
+        model.history = list(header.get("history", []))
+        model.train_seconds = float(header.get("train_seconds", 0.0))
+        return model
+
+
+def _single_case(item_idx: Tensor, ratings: Tensor, conditional: bool) -> CaseBatch:
+    order = torch.argsort(item_idx)
+    units, values = item_idx[order], ratings[order]
+    case = torch.zeros(len(units), dtype=torch.long)
+    rated_case = case if conditional else None
+    rated_unit = units if conditional else None
+    return CaseBatch(1, case, units, values, torch.zeros(1, dtype=torch.long), rated_case, rated_unit)
+
+
+def _build_net(config: RatingModelConfig, train: RatingMatrix, dtype=torch.float32, device=None, generator=None):
+    if config.kind != "rbm":
+        raise RatingModelError(f"kind {config.kind!r} is not available yet in this build")
+    num_units = train.num_items if config.orientation == "user" else train.num_users
+    return SoftmaxRBMNet(num_units, train.num_values, config.num_hidden, config.conditional, config.init_std,
+                         dtype=dtype, device=device, generator=generator)
+
+
+def _build_engagement(config: RatingModelConfig, num_items: int, device=None, generator=None):
+    from rbm_core.models.rbm import RBM, RBMConfig
+
+    return RBM(RBMConfig(num_items, config.engagement_hidden), device=device, generator=generator)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def train_rating_model(
+    train: RatingMatrix,
+    config: RatingModelConfig,
+    *,
+    validation: RatingMatrix | None = None,
+    device=None,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RatingModel:
+    """Train a rating model on ``train``; ``validation`` (same index space, disjoint pairs) drives
+    early stopping and the per-epoch ``valid_rmse``. ``callback(epoch, metrics)`` receives
+    ``reconstruction_error`` (RMSE of the one-step reconstruction's expected rating on the
+    training ratings), ``valid_rmse`` and ``free_energy_gap`` (mean of (F(v) - F(no ratings)) per
+    rating over validation cases minus the same over training cases; both only with validation), ``k``,
+    ``learning_rate`` and ``seconds``. ``should_stop()`` is polled after every epoch."""
+    if not isinstance(config, RatingModelConfig):
+        raise TypeError("config must be a RatingModelConfig")
+    if len(train) == 0:
+        raise ValueError("cannot train a rating model on no ratings")
+    if validation is not None and (validation.num_users, validation.num_items, validation.num_values) != (
+        train.num_users, train.num_items, train.num_values):
+        raise ValueError("validation ratings must share the training index space")
+    from rbm_core.training import default_device
+
+    device = torch.device(device) if device is not None else default_device()
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(config.seed)
+    device_generator = torch.Generator(device=device).manual_seed(config.seed)
+    if config.kind != "rbm":
+        return _train_deep(train, config, validation, device, callback, should_stop)
+    net = _build_net(config, train, device=device, generator=generator)
+    rated_extra = None
+    if config.conditional and validation is not None:
+        rated_extra = RatingMatrix(validation.users, validation.items, torch.ones_like(validation.ratings),
+                                   train.num_users, train.num_items, train.num_values)
+    view = train if config.orientation == "user" else train.transpose()
+    extra_view = None if rated_extra is None else (rated_extra if config.orientation == "user" else rated_extra.transpose())
+    model = RatingModel(config, train, net, None, rated_extra)
+    store = model._case_store(view, extra_view)
+    with torch.no_grad():
+        counts = torch.zeros(view.num_items, train.num_values)
+        counts.index_put_((view.items, view.ratings - 1), torch.ones(len(view)), accumulate=True)
+        logp = (counts + 1.0).log() - (counts + 1.0).sum(-1, keepdim=True).log()
+        net.visible_bias.copy_(logp.to(device))
+    decayed = [net.weight] + ([net.conditional_weight] if config.conditional else [])
+    others = [net.visible_bias, net.hidden_bias]
+    optimizer = torch.optim.SGD([
+        {"params": decayed, "weight_decay": config.weight_decay},
+        {"params": others, "weight_decay": 0.0},
+    ], lr=config.learning_rate, momentum=config.initial_momentum)
+    stopper = EarlyStopping("valid_rmse", patience=config.patience) if validation is not None else None
+    active = torch.nonzero(store.counts() > 0)[:, 0]
+    metric_sample = active[torch.randperm(len(active), generator=generator)[:2000]]
+    for epoch in range(config.epochs):
+        epoch_start = time.perf_counter()
+        k = config.k_at(epoch)
+        lr = config.learning_rate * config.lr_decay**epoch
+        momentum = config.momentum if epoch >= config.momentum_switch_epoch else config.initial_momentum
+        for group in optimizer.param_groups:
+            group["lr"], group["momentum"] = lr, momentum
+        order = active[torch.randperm(len(active), generator=generator)]
+        net.train()
+        recon_sq = recon_n = 0.0
+        for start in range(0, len(order), config.batch_size):
+            batch = store.batch(order[start : start + config.batch_size]).to(device)
+            stats = net.cd_gradients(batch, k, device_generator, config.layout)
+            recon_sq += stats["recon_sq"]
+            recon_n += stats["count"]
+            optimizer.step()
+        check_finite_parameters(net, f"in epoch {epoch}")
+        net.eval()
+        model._item_fields = None
+        metrics = {"epoch": float(epoch), "k": float(k), "learning_rate": lr,
+                   "reconstruction_error": math.sqrt(recon_sq / max(recon_n, 1.0))}
+        if validation is not None:
+            probs = model.predict_pairs(validation.users, validation.items, train)
+            expected = probs.double() @ torch.arange(1, train.num_values + 1, dtype=torch.float64)
+            metrics["valid_rmse"] = float((expected - validation.ratings.double()).pow(2).mean().sqrt())
+            metrics["free_energy_gap"] = _free_energy_gap(net, store, validation, config, metric_sample, device)
+        metrics["seconds"] = time.perf_counter() - epoch_start
+        for name, value in metrics.items():
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"metric {name} became {value} in epoch {epoch}")
+        model.history.append(metrics)
+        if callback is not None:
+            callback(epoch, metrics)
+        if stopper is not None and stopper.update(epoch, metrics, net):
+            break
+        if should_stop is not None and should_stop():
+            break
+    if stopper is not None:
+        stopper.restore(net)
+        model._item_fields = None
+    if config.ranking == "engagement":
+        model.engagement = _train_engagement(train, config, device, generator, should_stop)
+    model.train_seconds = time.perf_counter() - started
+    return model
+
+
+@torch.no_grad()
+def _free_energy_gap(net, store: CaseStore, validation: RatingMatrix, config, sample: Tensor, device) -> float:
+    view = validation if config.orientation == "user" else validation.transpose()
+    valid_store = CaseStore(view.num_users, view.users, view.items, view.ratings)
+    active = torch.nonzero(valid_store.counts() > 0)[:, 0][:2000]
+
+    empty = -float(F.softplus(net.hidden_bias).sum())  # F of a case with no ratings
+
+    def per_rating(s: CaseStore, cases: Tensor) -> float:
+        # (F(v) - F(no ratings)) per rating, so that cases of different sizes compare
+        batch = s.batch(cases).to(device)
+        energy = net.free_energy(batch) - empty
+        return float(energy.sum() / max(len(batch.rating), 1))
+
+    if len(active) == 0:
+        return 0.0
+    return per_rating(valid_store, active) - per_rating(store, sample)
+
+
+def _train_engagement(train: RatingMatrix, config: RatingModelConfig, device, generator, should_stop):
+    """The implicit Bernoulli RBM over "user rated item" rows, by rbm_core's Trainer and CD-1."""
+    from rbm_core.estimators import ContrastiveDivergence
+    from rbm_core.training import Trainer
+
+    rbm = _build_engagement(config, train.num_items, device=device, generator=generator)
+    implicit = torch.zeros(train.num_users, train.num_items)
+    implicit[train.users, train.items] = 1.0
+    implicit = implicit[implicit.sum(1) > 0]
+    rbm.init_visible_bias_from_data(implicit)
+    trainer = Trainer(rbm, ContrastiveDivergence(1), learning_rate=config.engagement_learning_rate,
+                      momentum=config.momentum, weight_decay=config.weight_decay, batch_size=max(config.batch_size, 16),
+                      epochs=config.engagement_epochs, progress=False, generator=generator, should_stop=should_stop)
+    trainer.fit(implicit)
+    return rbm
+
+
+def _train_deep(train, config, validation, device, callback, should_stop):
+    raise RatingModelError(f"kind {config.kind!r} is not available yet in this build")
