@@ -56,6 +56,8 @@ class ModelDefinition(Base):
     schedule_interval_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     schedule_cron: Mapped[str | None] = mapped_column(String(100), nullable=True)
     trigger_new_ratings: Mapped[bool] = mapped_column(Boolean, default=False)
+    # N of "retrain when N new ratings have arrived since the last run" (migration j001, service/jobs).
+    new_ratings_threshold: Mapped[int | None] = mapped_column(Integer, nullable=True)
     next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Gate settings (read by the worker): when a new version may replace the active one.
     gate: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
@@ -106,6 +108,7 @@ class TrainingJob(Base):
         CheckConstraint("trigger IN ('manual', 'schedule', 'new_ratings')", name="trigger"),
         Index("ix_training_jobs_status_created_at", "status", "created_at"),
         Index("ix_training_jobs_model_definition_id", "model_definition_id"),
+        Index("ix_training_jobs_status_lease_expires_at", "status", "lease_expires_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -126,3 +129,5 @@ class TrainingJob(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Set by the running worker's heartbeat; past it the job counts as abandoned (migration j001, service/jobs).
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
