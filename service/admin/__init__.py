@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -53,7 +54,6 @@ def create_admin_app(parent: FastAPI, *, mount_path: str = "/admin") -> FastAPI:
                                            "details": []}}, status_code=401)
         base = request.scope.get("root_path", "")
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        from urllib.parse import quote
         return RedirectResponse(f"{base}/login?next={quote(target, safe='')}", status_code=303)
 
     @app.exception_handler(CsrfFailed)

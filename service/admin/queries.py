@@ -105,20 +105,6 @@ class _OverviewCache:
 overview_cache = _OverviewCache(ttl=30.0)
 
 
-def definitions(session: Session) -> list[ModelDefinition]:
-    return list(session.scalars(select(ModelDefinition).order_by(ModelDefinition.name)))
-
-
-def definition_by_name(session: Session, name: str) -> ModelDefinition | None:
-    return session.scalar(select(ModelDefinition).where(ModelDefinition.name == name))
-
-
-def versions(session: Session, definition_id: int) -> list[ModelVersion]:
-    """Newest first; the artifact and index maps stay deferred (not loaded)."""
-    return list(session.scalars(select(ModelVersion).where(ModelVersion.model_definition_id == definition_id)
-                                .order_by(ModelVersion.version.desc())))
-
-
 def version_counts(session: Session) -> dict[int, tuple[int, int | None]]:
     """definition id -> (number of versions, active version number or None)."""
     rows = session.execute(select(ModelVersion.model_definition_id, func.count(),

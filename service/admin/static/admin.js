@@ -38,6 +38,11 @@
         if (node.classList.contains("badge")) node.className = "badge " + value;
       });
       el.querySelectorAll(".progress").forEach((node) => setProgress(node, job.progress));
+      // A new metric or chart appeared: the server lays charts out, so fetch the page again.
+      if (el.dataset.signature !== undefined && job.signature !== el.dataset.signature) {
+        window.location.reload();
+        return;
+      }
       if (job.curves) {
         el.querySelectorAll("canvas[data-curve]").forEach((canvas) => {
           const chart = charts.get(canvas.id);
@@ -61,10 +66,5 @@
   document.addEventListener("DOMContentLoaded", () => {
     document.querySelectorAll("canvas[data-chart]").forEach(draw);
     document.querySelectorAll("[data-job-url]").forEach(pollJob);
-    document.querySelectorAll("form[data-confirm]").forEach((form) => {
-      form.addEventListener("submit", (event) => {
-        if (!window.confirm(form.dataset.confirm)) event.preventDefault();
-      });
-    });
   });
 })();
