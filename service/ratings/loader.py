@@ -1,0 +1,146 @@
+"""Bulk rating loads inside the caller's transaction: rows are staged in a temporary table (PostgreSQL: COPY;
+SQLite: executemany), then applied by one ``INSERT ... ON CONFLICT`` (the last row wins for a (user, item)
+given twice). Missing users and items are created, or reported with the line that named them.
+The JSON batch, the CSV upload and ``rbmrec import`` all go through here, so they behave alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from service.errors import ApiError
+
+# (line or row number, user external id, item external id, rating value, rated_at or None)
+StagedRow = tuple[int, str, str, int, datetime | None]
+
+
+@dataclass
+class LoadResult:
+    rows: int
+    ratings_written: int
+    users_created: int
+    items_created: int
+
+
+def _sqlite_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+class RatingLoader:
+    """``add(rows)`` any number of times, then ``apply()`` once; all inside ``connection``'s transaction."""
+
+    def __init__(self, connection: Connection, *, create_missing: bool = True, row_label: str = "line"):
+        self.connection = connection
+        self.create_missing = create_missing
+        self.row_label = row_label
+        self.rows = 0
+        self.postgresql = connection.dialect.name == "postgresql"
+        if self.postgresql:
+            connection.exec_driver_sql(
+                "CREATE TEMP TABLE IF NOT EXISTS rating_staging (seq bigint, user_ext text, item_ext text, "
+                "value smallint, rated_at timestamptz) ON COMMIT DROP")
+            connection.exec_driver_sql("TRUNCATE rating_staging")
+        else:
+            connection.exec_driver_sql("DROP TABLE IF EXISTS temp.rating_staging")
+            connection.exec_driver_sql(
+                "CREATE TEMP TABLE rating_staging (seq INTEGER, user_ext TEXT, item_ext TEXT, value INTEGER, rated_at TEXT)")
+
+    def add(self, rows: Sequence[StagedRow]) -> None:
+        if not rows:
+            return
+        if self.postgresql:
+            driver = self.connection.connection.driver_connection
+            with driver.cursor() as cursor, cursor.copy(
+                    "COPY rating_staging (seq, user_ext, item_ext, value, rated_at) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            self.connection.exec_driver_sql(
+                "INSERT INTO rating_staging (seq, user_ext, item_ext, value, rated_at) VALUES (?, ?, ?, ?, ?)",
+                [(s, u, i, v, _sqlite_time(t) if t is not None else None) for s, u, i, v, t in rows])
+        self.rows += len(rows)
+
+    def add_copy_text(self, data: bytes | str, rows: int) -> None:
+        """PostgreSQL only: COPY text-format lines ``seq\\tuser\\titem\\tvalue\\trated_at`` (already escaped)."""
+        driver = self.connection.connection.driver_connection
+        with driver.cursor() as cursor, cursor.copy(
+                "COPY rating_staging (seq, user_ext, item_ext, value, rated_at) FROM STDIN") as copy:
+            copy.write(data)
+        self.rows += rows
+
+    def _missing(self, table: str, column: str) -> None:
+        row = self.connection.exec_driver_sql(
+            f"SELECT s.seq, s.{column} FROM rating_staging s LEFT JOIN {table} t ON t.external_id = s.{column} "
+            f"WHERE t.id IS NULL ORDER BY s.seq LIMIT 1").first()
+        if row is not None:
+            what = "user" if table == "users" else "item"
+            raise ApiError(404, f"{self.row_label} {row[0]}: {what} {row[1]!r} not found (create it first, "
+                           f"or leave create_missing on)", details=[{"loc": [self.row_label, row[0]], "msg": f"unknown {what}"}])
+
+    def apply(self) -> LoadResult:
+        conn = self.connection
+        if self.rows == 0:
+            return LoadResult(0, 0, 0, 0)
+        now = datetime.now(UTC)
+        if self.postgresql:
+            conn.exec_driver_sql("ANALYZE rating_staging")
+            if self.create_missing:
+                users = conn.execute(text(
+                    "INSERT INTO users (external_id, created_at) SELECT DISTINCT user_ext, :now FROM rating_staging "
+                    "ON CONFLICT (external_id) DO NOTHING"), {"now": now}).rowcount
+                items = conn.execute(text(
+                    "INSERT INTO items (external_id, created_at) SELECT DISTINCT item_ext, :now FROM rating_staging "
+                    "ON CONFLICT (external_id) DO NOTHING"), {"now": now}).rowcount
+            else:
+                self._missing("users", "user_ext")
+                self._missing("items", "item_ext")
+                users = items = 0
+            written = conn.execute(text(
+                "INSERT INTO ratings (user_id, item_id, value, rated_at, ingested_at) "
+                "SELECT DISTINCT ON (u.id, i.id) u.id, i.id, s.value, coalesce(s.rated_at, :now), :now "
+                "FROM rating_staging s JOIN users u ON u.external_id = s.user_ext "
+                "JOIN items i ON i.external_id = s.item_ext ORDER BY u.id, i.id, s.seq DESC "
+                "ON CONFLICT (user_id, item_id) DO UPDATE SET value = excluded.value, "
+                "rated_at = excluded.rated_at, ingested_at = excluded.ingested_at"), {"now": now}).rowcount
+            conn.exec_driver_sql("TRUNCATE rating_staging")
+        else:
+            stamp = _sqlite_time(now)
+            if self.create_missing:
+                users = conn.execute(text(
+                    "INSERT OR IGNORE INTO users (external_id, created_at) "
+                    "SELECT DISTINCT user_ext, :now FROM rating_staging"), {"now": stamp}).rowcount
+                items = conn.execute(text(
+                    "INSERT OR IGNORE INTO items (external_id, created_at) "
+                    "SELECT DISTINCT item_ext, :now FROM rating_staging"), {"now": stamp}).rowcount
+            else:
+                self._missing("users", "user_ext")
+                self._missing("items", "item_ext")
+                users = items = 0
+            written = conn.execute(text(
+                "INSERT INTO ratings (user_id, item_id, value, rated_at, ingested_at) "
+                "SELECT u.id, i.id, s.value, coalesce(s.rated_at, :now), :now "
+                "FROM rating_staging s JOIN users u ON u.external_id = s.user_ext "
+                "JOIN items i ON i.external_id = s.item_ext "
+                "WHERE s.seq IN (SELECT max(seq) FROM rating_staging GROUP BY user_ext, item_ext) "
+                "ON CONFLICT (user_id, item_id) DO UPDATE SET value = excluded.value, "
+                "rated_at = excluded.rated_at, ingested_at = excluded.ingested_at"), {"now": stamp}).rowcount
+            conn.exec_driver_sql("DROP TABLE IF EXISTS temp.rating_staging")
+        return LoadResult(rows=self.rows, ratings_written=max(written, 0), users_created=max(users, 0),
+                          items_created=max(items, 0))
+
+
+def load_rows(connection: Connection, rows: Iterable[StagedRow], *, create_missing: bool = True,
+              row_label: str = "row", chunk: int = 10_000) -> LoadResult:
+    loader = RatingLoader(connection, create_missing=create_missing, row_label=row_label)
+    buffer: list[StagedRow] = []
+    for row in rows:
+        buffer.append(row)
+        if len(buffer) >= chunk:
+            loader.add(buffer)
+            buffer = []
+    loader.add(buffer)
+    return loader.apply()

@@ -1,0 +1,50 @@
+"""Queries on ratings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from service.catalog.models import Item, User
+from service.ratings.models import Rating
+
+
+def _insert(session: Session, table):
+    return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def ensure_ids(session: Session, model: type[User] | type[Item], external_id: str) -> int:
+    """The internal id for ``external_id``, creating the row if needed (safe under concurrency)."""
+    session.execute(_insert(session, model).values(external_id=external_id, created_at=datetime.now().astimezone())
+                    .on_conflict_do_nothing(index_elements=["external_id"]))
+    return session.scalar(select(model.id).where(model.external_id == external_id))
+
+
+def upsert(session: Session, *, user_id: int, item_id: int, value: int, rated_at: datetime, now: datetime) -> None:
+    statement = _insert(session, Rating).values(user_id=user_id, item_id=item_id, value=value, rated_at=rated_at,
+                                                ingested_at=now)
+    session.execute(statement.on_conflict_do_update(
+        index_elements=["user_id", "item_id"],
+        set_={"value": statement.excluded.value, "rated_at": statement.excluded.rated_at,
+              "ingested_at": statement.excluded.ingested_at}))
+
+
+def for_user(session: Session, *, user_id: int, limit: int, offset: int):
+    rows = session.execute(
+        select(Item.external_id, Rating.value, Rating.rated_at).join(Item, Item.id == Rating.item_id)
+        .where(Rating.user_id == user_id).order_by(Rating.item_id).limit(limit).offset(offset)).all()
+    total = session.scalar(select(func.count()).select_from(Rating).where(Rating.user_id == user_id)) or 0
+    return rows, total
+
+
+def pairs_for_user(session: Session, *, user_id: int) -> list[tuple[int, int]]:
+    """(item internal id, value) of all the user's ratings: one indexed query (the primary key's prefix)."""
+    return [(r[0], r[1]) for r in session.execute(
+        select(Rating.item_id, Rating.value).where(Rating.user_id == user_id))]
+
+
+def delete_one(session: Session, *, user_id: int, item_id: int) -> int:
+    return session.execute(delete(Rating).where(Rating.user_id == user_id, Rating.item_id == item_id)).rowcount
