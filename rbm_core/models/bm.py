@@ -292,7 +292,7 @@ class BoltzmannMachine(nn.Module):
         residual, iterations = float("inf"), 0
         for iterations in range(1, max_iter + 1):
             target = self.hidden.mean(hidden_input + mu @ w_hh, beta)
-            residual = float((target - mu).abs().max()) if mu.numel() else 0.0
+            residual = float((target - mu).detach().abs().max()) if mu.numel() else 0.0
             mu = damping * mu + (1 - damping) * target
             if residual < tol:
                 break
@@ -423,7 +423,8 @@ def _weighted_energy(model, state, weights: Tensor | None, detach: bool = False)
         layers = tuple(x.detach() for x in layers)
         means = None if means is None else tuple(m.detach() for m in means)
     energy = model.energy(layers) if means is None else model.bilinear_energy(layers, means)
-    return energy.mean() if weights is None else weights @ energy
+    # The weights are probabilities of fixed states: constants of the surrogate.
+    return energy.mean() if weights is None else weights.detach() @ energy
 
 
 def with_conditional_means(model, state: ChainState) -> ChainState:

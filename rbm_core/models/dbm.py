@@ -168,7 +168,7 @@ class DBM(nn.Module):
             for parity in (1, 0):
                 for l in range(2 if parity == 0 else 1, num_layers, 2):
                     target = self.hidden_layers[l - 1].mean(self.field(l, state), beta)
-                    residual = max(residual, float((target - state[l]).abs().max()))
+                    residual = max(residual, float((target - state[l]).detach().abs().max()))
                     state[l] = target if damping == 0.0 else damping * state[l] + (1 - damping) * target
             if residual < tol:
                 break
