@@ -72,3 +72,32 @@ class PersistentContrastiveDivergence(ContrastiveDivergence):
             return positive[:n].clone()
         extra = model.layers[0].random_state(n - positive.shape[0], generator, positive.dtype, positive.device)
         return torch.cat([positive, extra])
+
+
+class ExactNegativePhase:
+    """The exact negative phase of a small model with a free energy (an RBM): every visible state,
+    weighted by its exact p(v) (``info["weights"]``), with its exact p(h|v). With it the trainer
+    follows the exact log-likelihood gradient; meant for tests and tiny models (K**n or 2**n
+    visible states). Fully observed data only: masked softmax cases each have their own model."""
+
+    persistent = False
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def negative_phase(self, model, positive: Tensor, generator: torch.Generator | None = None) -> NegativePhase:
+        from rbm_core.partition import visible_distribution  # partition imports the models
+
+        mask = model.layers[0].mask(positive)
+        if mask is not None and not bool(mask.all()):
+            raise ValueError("the exact negative phase needs fully observed data (no masked units)")
+        with torch.no_grad():
+            states, log_p = visible_distribution(model)
+            hidden = model.hidden_mean(states)
+            positive_hidden = model.hidden_mean(positive)
+        state = ChainState((states, hidden), None, None, (None, hidden))
+        return NegativePhase(state, {"weights": log_p.exp(), "positive_means": (None, positive_hidden)})
+

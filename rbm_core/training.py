@@ -72,7 +72,12 @@ class History:
 
 
 def iterate_minibatches(num_rows: int, batch_size: int, generator: torch.Generator | None, shuffle: bool = True) -> Iterator[Tensor]:
-    order = torch.randperm(num_rows, generator=generator) if shuffle else torch.arange(num_rows)
+    if not shuffle:
+        order = torch.arange(num_rows)
+    elif generator is None:
+        order = torch.randperm(num_rows)
+    else:  # a CUDA generator draws the permutation on its own device
+        order = torch.randperm(num_rows, generator=generator, device=generator.device)
     for start in range(0, num_rows, batch_size):
         yield order[start : start + batch_size]
 
@@ -112,6 +117,7 @@ class Trainer:
         generator: torch.Generator | None = None,
         gradient_step: Callable[[Any, Tensor, NegativePhase], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        check_every: int = 50,
     ) -> None:
         self.model = model
         self.estimator = estimator
@@ -129,6 +135,9 @@ class Trainer:
         self.generator = generator
         self.gradient_step = gradient_step
         self.should_stop = should_stop
+        # Parameters are checked for NaN/inf every ``check_every`` updates and after each epoch:
+        # often enough to stop a diverging run early, rarely enough to cost nothing measurable.
+        self.check_every = check_every
 
     @property
     def device(self) -> torch.device:
@@ -142,7 +151,11 @@ class Trainer:
         elif hasattr(self.model, "gradient_step"):
             self.model.gradient_step(positive, negative)
         else:
-            loss = self.model.contrastive_loss(positive, negative.state.visible)
+            weights = negative.info.get("weights")
+            if weights is None:
+                loss = self.model.contrastive_loss(positive, negative.state.visible)
+            else:
+                loss = self.model.contrastive_loss(positive, negative.state.visible, negative_weights=weights)
             if not bool(torch.isfinite(loss)):
                 raise TrainingDiverged(f"loss became {loss.item()}")
             loss.backward()
@@ -170,8 +183,10 @@ class Trainer:
             if hasattr(self.estimator, "set_epoch"):
                 self.estimator.set_epoch(epoch)
             self.model.train()
-            for rows in iterate_minibatches(len(train_all), self.batch_size, self.generator):
+            for step, rows in enumerate(iterate_minibatches(len(train_all), self.batch_size, self.generator), 1):
                 self._step(train_all[rows.to(device)])
+                if self.check_every and step % self.check_every == 0:
+                    check_finite_parameters(self.model, f"after update {step} of epoch {epoch}")
             check_finite_parameters(self.model, f"in epoch {epoch}")
             if self.scheduler is not None:
                 self.scheduler.step()

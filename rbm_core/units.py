@@ -30,6 +30,14 @@ def _check_finite(x: Tensor, what: str) -> None:
         raise InvalidInputError(f"{what} contains NaN or infinite values")
 
 
+def _check_mask(mask: Tensor | None, field: Tensor) -> None:
+    """A softmax mask must be ``(batch, size)``, one entry per unit of ``field`` ``(batch, size, K)``."""
+    if mask is not None and tuple(mask.shape) != tuple(field.shape[:-1]):
+        raise InvalidInputError(
+            f"mask has shape {tuple(mask.shape)}, expected {tuple(field.shape[:-1])} (batch, units)"
+        )
+
+
 @dataclass(frozen=True)
 class BernoulliUnits:
     """``size`` binary units with values in {0, 1}."""
@@ -93,7 +101,9 @@ class BernoulliUnits:
         mean: Tensor | None = None,
     ) -> Tensor:
         p = self.mean(field, beta) if mean is None else mean
-        return torch.bernoulli(p, generator=generator)
+        # u < p with u ~ U[0, 1) is 1 with probability p; comparing in place into the uniforms
+        # costs one allocation and is about twice as fast as torch.bernoulli on the CPU.
+        return torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device).lt_(p)
 
     def log_prob(self, x: Tensor, field: Tensor, beta: float | Tensor = 1.0) -> Tensor:
         """log p(x | field) per sample, shape ``(batch,)``."""
@@ -186,6 +196,7 @@ class SoftmaxUnits:
 
     def log_partition(self, field: Tensor, beta: float | Tensor = 1.0, mask: Tensor | None = None) -> Tensor:
         """log sum_x exp(beta <field, x>) over the observed units: sum of logsumexp over K."""
+        _check_mask(mask, field)
         per_unit = torch.logsumexp(_scale(field, beta), dim=-1)
         if mask is not None:
             per_unit = per_unit * mask.to(per_unit.dtype)
@@ -193,6 +204,7 @@ class SoftmaxUnits:
 
     def mean(self, field: Tensor, beta: float | Tensor = 1.0, mask: Tensor | None = None) -> Tensor:
         """p(x_i = k | field) as ``(batch, size, K)``; masked units get all-zero rows."""
+        _check_mask(mask, field)
         p = torch.softmax(_scale(field, beta), dim=-1)
         if mask is not None:
             p = p * mask.unsqueeze(-1).to(p.dtype)
@@ -207,6 +219,7 @@ class SoftmaxUnits:
         mean: Tensor | None = None,
     ) -> Tensor:
         p = torch.softmax(_scale(field, beta), dim=-1) if mean is None else mean
+        _check_mask(mask, p)
         # Inverse-CDF sampling: one uniform per unit, first value whose cumulative mass exceeds it.
         u = torch.rand(p.shape[:-1] + (1,), generator=generator, dtype=p.dtype, device=p.device)
         cdf = p.cumsum(-1)

@@ -128,9 +128,17 @@ class RBM(nn.Module):
         return self.visible.encode(data.to(self.weight.device), self.weight.dtype)
 
     # -- learning ------------------------------------------------------------------------
-    def contrastive_loss(self, positive: Tensor, negative: Tensor) -> Tensor:
-        """Surrogate whose gradient is the CD/PCD gradient: mean F(data) - mean F(model samples)."""
-        return self.free_energy(positive).mean() - self.free_energy(negative.detach()).mean()
+    def contrastive_loss(self, positive: Tensor, negative: Tensor, negative_weights: Tensor | None = None) -> Tensor:
+        """Surrogate whose gradient is the CD/PCD gradient: mean F(data) - mean F(model samples).
+
+        ``negative_weights`` ``(num_negative,)`` (summing to 1) replaces the plain mean over the
+        negative states by a weighted one, e.g. the exact p(v) over all visible states."""
+        negative_free = self.free_energy(negative.detach())
+        if negative_weights is None:
+            negative_term = negative_free.mean()
+        else:
+            negative_term = negative_free @ negative_weights.detach().to(negative_free.dtype)
+        return self.free_energy(positive).mean() - negative_term
 
     def gradient_step(self, positive: Tensor, negative) -> None:
         """Trainer hook: write the CD/PCD gradient into ``.grad`` by the hand-written fast path,
@@ -143,6 +151,7 @@ class RBM(nn.Module):
             negative.state.visible,
             positive_hidden=None if positive_means is None else positive_means[1],
             negative_hidden=None if negative_means is None else negative_means[1],
+            negative_weights=negative.info.get("weights"),
         )
 
     @torch.no_grad()
@@ -152,21 +161,34 @@ class RBM(nn.Module):
         negative: Tensor,
         positive_hidden: Tensor | None = None,
         negative_hidden: Tensor | None = None,
+        negative_weights: Tensor | None = None,
     ) -> None:
-        """Write the gradient of ``contrastive_loss`` into ``.grad`` by hand (five matmuls per
-        CD-1 update instead of six); equal to autograd, as the tests show."""
+        """Write the gradient of ``contrastive_loss`` into ``.grad`` by hand: two matmuls, written
+        in place into the existing gradient buffers (so a CD-1 update costs five matmuls in all,
+        against six for autograd). ``positive_hidden`` / ``negative_hidden`` are p(h|v) of the two
+        batches when the chains already have them. Equal to autograd, as the tests show."""
         if positive_hidden is None:
             positive_hidden = self.hidden_mean(positive)
         if negative_hidden is None:
             negative_hidden = self.hidden_mean(negative)
         vp = self.visible.flatten(positive)
         vn = self.visible.flatten(negative)
-        n_pos, n_neg = vp.shape[0], vn.shape[0]
-        grad_w = torch.mm(vn.t(), negative_hidden).div_(n_neg)
-        grad_w.addmm_(vp.t(), positive_hidden, alpha=-1.0 / n_pos)
-        _set_grad(self.weight, grad_w)
-        _set_grad(self.visible_bias, vn.mean(0) - vp.mean(0))
-        _set_grad(self.hidden_bias, negative_hidden.mean(0) - positive_hidden.mean(0))
+        grad_w = _grad_buffer(self.weight)
+        grad_b = _grad_buffer(self.visible_bias)
+        grad_c = _grad_buffer(self.hidden_bias)
+        # dF/dW = -v p(h|v)ᵀ, so the gradient is E_model[v hᵀ] - E_data[v hᵀ].
+        if negative_weights is None:
+            torch.mm(vn.t(), negative_hidden, out=grad_w).div_(vn.shape[0])
+            torch.mean(vn, 0, out=grad_b)
+            torch.mean(negative_hidden, 0, out=grad_c)
+        else:
+            weights = negative_weights.to(vn.dtype)
+            torch.mm(vn.t(), negative_hidden * weights.unsqueeze(1), out=grad_w)
+            torch.mv(vn.t(), weights, out=grad_b)
+            torch.mv(negative_hidden.t(), weights, out=grad_c)
+        grad_w.addmm_(vp.t(), positive_hidden, alpha=-1.0 / vp.shape[0])
+        grad_b.sub_(vp.mean(0))
+        grad_c.sub_(positive_hidden.mean(0))
 
     @torch.no_grad()
     def init_visible_bias_from_data(self, data: Tensor, eps: float = 1e-3) -> None:
@@ -195,3 +217,10 @@ def _set_grad(param: nn.Parameter, grad: Tensor) -> None:
         param.grad = grad
     else:
         param.grad.copy_(grad)
+
+
+def _grad_buffer(param: nn.Parameter) -> Tensor:
+    """``param.grad``, created (uninitialised) if missing, for writing a gradient in place."""
+    if param.grad is None or param.grad.shape != param.shape:
+        param.grad = torch.empty_like(param)
+    return param.grad
