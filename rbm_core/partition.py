@@ -3,10 +3,13 @@ analytically and enumerating the other); annealed importance sampling lives in `
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from rbm_core.models.rbm import RBM
+if TYPE_CHECKING:  # only for annotations: the model modules import this one
+    from rbm_core.models.rbm import RBM
 
 MAX_ENUMERATED_STATES = 2**24
 
@@ -29,7 +32,9 @@ def exact_log_partition(model: RBM, mask: Tensor | None = None) -> Tensor:
     if hidden_states > MAX_ENUMERATED_STATES:
         raise ValueError(f"{hidden_states} hidden states are too many to enumerate; use AIS")
     parts = []
-    for start, stop in _chunks(hidden_states):
+    # chunks of about 2**22 field entries: few enough kernel calls, bounded memory
+    chunk = max(1, 2**22 // max(1, model.visible.flat_size))
+    for start, stop in _chunks(hidden_states, chunk):
         h = _hidden_states(model, start, stop)
         field = model.visible_field(h)
         if mask is None:

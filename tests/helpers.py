@@ -50,3 +50,30 @@ def state_indices(samples: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
 def counts_over_states(samples: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     """Histogram of ``samples`` over the enumerated ``states``."""
     return torch.bincount(state_indices(samples, states), minlength=states.shape[0])
+
+
+def tiny_rbm(num_visible: int, num_hidden: int, visible: str = "bernoulli", num_values: int = 2, seed: int = 0, scale: float = 1.0):
+    """A small float64 RBM with random parameters of order ``scale`` (strong enough that its
+    distribution is far from uniform), for exact enumeration."""
+    from rbm_core import RBM, RBMConfig
+
+    model = RBM(RBMConfig(num_visible, num_hidden, visible, num_values), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float64) * scale)
+    return model
+
+
+def submodel_without_visible_units(model, keep: list[int]):
+    """The softmax RBM restricted to the visible units ``keep`` (the others' weights dropped)."""
+    from rbm_core import RBM, RBMConfig
+
+    c = model.config
+    sub = RBM(RBMConfig(len(keep), c.num_hidden, c.visible, c.num_values), dtype=model.weight.dtype)
+    rows = torch.tensor([u * c.num_values + k for u in keep for k in range(c.num_values)])
+    with torch.no_grad():
+        sub.weight.copy_(model.weight[rows])
+        sub.visible_bias.copy_(model.visible_bias[rows])
+        sub.hidden_bias.copy_(model.hidden_bias)
+    return sub
