@@ -499,6 +499,46 @@ class RatingModel:
             out[empty_user] = self.item_fallback[items[empty_user]].to(out.dtype)
         return out
 
+    @torch.no_grad()
+    def score_users(self, users: Tensor, known: RatingMatrix | None = None) -> tuple[Tensor, Tensor]:
+        """Batched ``ranking_scores`` for training users: ``(scores, expected)`` each
+        ``(len(users), num_items)``, from the ``known`` ratings (default: training data). Known
+        items are not excluded here."""
+        known = self.train_data if known is None else known
+        users = users.long().cpu()
+        n = self.num_items
+        pair_users = users.repeat_interleave(n)
+        pair_items = torch.arange(n).repeat(len(users))
+        probs = self.predict_pairs(pair_users, pair_items, known).view(len(users), n, self.num_values)
+        values = torch.arange(1, self.num_values + 1, dtype=probs.dtype)
+        expected = probs @ values
+        if self.config.ranking == "rating" or self.engagement is None:
+            return expected, expected
+        like = probs[..., self.config.like_threshold - 1 :].sum(-1).clamp_min(1e-12).log()
+        engage = self.engagement_log_probs(users, known)
+        return engage + self.config.ranking_weight * like, expected
+
+    @torch.no_grad()
+    def engagement_log_probs(self, users: Tensor, known: RatingMatrix, chunk: int = 32) -> Tensor:
+        """Batched ``engagement_log_prob``: ``(len(users), num_items)``."""
+        rbm = self.engagement
+        w, a = rbm.weight, rbm.visible_bias
+        out = []
+        for start in range(0, len(users), chunk):
+            part = users[start : start + chunk]
+            r = torch.zeros(len(part), self.num_items, dtype=w.dtype)
+            lookup = torch.full((self.num_users,), -1, dtype=torch.long)
+            lookup[part] = torch.arange(len(part))
+            rows = lookup[known.users]
+            keep = rows >= 0
+            r[rows[keep], known.items[keep]] = 1.0
+            r = r.to(w.device)
+            x = rbm.hidden_field(r)
+            base = x.unsqueeze(1) - r.unsqueeze(-1) * w  # (B, N, H)
+            logit = a + (F.softplus(base + w) - F.softplus(base)).sum(-1)
+            out.append(F.logsigmoid(logit).cpu().to(self.dtype))
+        return torch.cat(out)
+
     # -- deep models (DBM / general BM) ----------------------------------------------------------
     def _deep_proba(self, item_idx, ratings, items):
         raise RatingModelError(f"kind {self.config.kind!r} is not available yet in this build")
@@ -705,7 +745,9 @@ def train_rating_model(
         stopper.restore(net)
         model._item_fields = None
     if config.ranking == "engagement":
-        model.engagement = _train_engagement(train, config, device, generator, should_stop)
+        # the implicit signal may use every training-part pair, validation ones included
+        implicit = train if validation is None else train.concat(validation)
+        model.engagement = _train_engagement(implicit, config, device, generator, should_stop)
     model.train_seconds = time.perf_counter() - started
     return model
 
