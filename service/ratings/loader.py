@@ -14,8 +14,8 @@ from sqlalchemy.engine import Connection
 
 from service.errors import ApiError
 
-# (line or row number, user external id, item external id, rating value, rated_at or None)
-StagedRow = tuple[int, str, str, int, datetime | None]
+# (line or row number, user external id, item external id, rating value, rated_at as unix seconds or None)
+StagedRow = tuple[int, str, str, int, float | None]
 
 
 @dataclass
@@ -26,7 +26,10 @@ class LoadResult:
     items_created: int
 
 
-def _sqlite_time(value: datetime) -> str:
+def _sqlite_time(value: datetime | float) -> str:
+    # The text form SQLAlchemy's SQLite DateTime reads back (naive UTC).
+    if not isinstance(value, datetime):
+        value = datetime.fromtimestamp(value, tz=UTC)
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
@@ -42,12 +45,12 @@ class RatingLoader:
         if self.postgresql:
             connection.exec_driver_sql(
                 "CREATE TEMP TABLE IF NOT EXISTS rating_staging (seq bigint, user_ext text, item_ext text, "
-                "value smallint, rated_at timestamptz) ON COMMIT DROP")
+                "value smallint, rated_epoch double precision) ON COMMIT DROP")
             connection.exec_driver_sql("TRUNCATE rating_staging")
         else:
             connection.exec_driver_sql("DROP TABLE IF EXISTS temp.rating_staging")
             connection.exec_driver_sql(
-                "CREATE TEMP TABLE rating_staging (seq INTEGER, user_ext TEXT, item_ext TEXT, value INTEGER, rated_at TEXT)")
+                "CREATE TEMP TABLE rating_staging (seq INTEGER, user_ext TEXT, item_ext TEXT, value INTEGER, rated_epoch TEXT)")
 
     def add(self, rows: Sequence[StagedRow]) -> None:
         if not rows:
@@ -55,20 +58,20 @@ class RatingLoader:
         if self.postgresql:
             driver = self.connection.connection.driver_connection
             with driver.cursor() as cursor, cursor.copy(
-                    "COPY rating_staging (seq, user_ext, item_ext, value, rated_at) FROM STDIN") as copy:
+                    "COPY rating_staging (seq, user_ext, item_ext, value, rated_epoch) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
         else:
             self.connection.exec_driver_sql(
-                "INSERT INTO rating_staging (seq, user_ext, item_ext, value, rated_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO rating_staging (seq, user_ext, item_ext, value, rated_epoch) VALUES (?, ?, ?, ?, ?)",
                 [(s, u, i, v, _sqlite_time(t) if t is not None else None) for s, u, i, v, t in rows])
         self.rows += len(rows)
 
     def add_copy_text(self, data: bytes | str, rows: int) -> None:
-        """PostgreSQL only: COPY text-format lines ``seq\\tuser\\titem\\tvalue\\trated_at`` (already escaped)."""
+        """PostgreSQL only: COPY text-format lines ``seq\\tuser\\titem\\tvalue\\trated_epoch`` (already escaped)."""
         driver = self.connection.connection.driver_connection
         with driver.cursor() as cursor, cursor.copy(
-                "COPY rating_staging (seq, user_ext, item_ext, value, rated_at) FROM STDIN") as copy:
+                "COPY rating_staging (seq, user_ext, item_ext, value, rated_epoch) FROM STDIN") as copy:
             copy.write(data)
         self.rows += rows
 
@@ -101,7 +104,7 @@ class RatingLoader:
                 users = items = 0
             written = conn.execute(text(
                 "INSERT INTO ratings (user_id, item_id, value, rated_at, ingested_at) "
-                "SELECT DISTINCT ON (u.id, i.id) u.id, i.id, s.value, coalesce(s.rated_at, :now), :now "
+                "SELECT DISTINCT ON (u.id, i.id) u.id, i.id, s.value, coalesce(to_timestamp(s.rated_epoch), :now), :now "
                 "FROM rating_staging s JOIN users u ON u.external_id = s.user_ext "
                 "JOIN items i ON i.external_id = s.item_ext ORDER BY u.id, i.id, s.seq DESC "
                 "ON CONFLICT (user_id, item_id) DO UPDATE SET value = excluded.value, "
@@ -122,7 +125,7 @@ class RatingLoader:
                 users = items = 0
             written = conn.execute(text(
                 "INSERT INTO ratings (user_id, item_id, value, rated_at, ingested_at) "
-                "SELECT u.id, i.id, s.value, coalesce(s.rated_at, :now), :now "
+                "SELECT u.id, i.id, s.value, coalesce(s.rated_epoch, :now), :now "
                 "FROM rating_staging s JOIN users u ON u.external_id = s.user_ext "
                 "JOIN items i ON i.external_id = s.item_ext "
                 "WHERE s.seq IN (SELECT max(seq) FROM rating_staging GROUP BY user_ext, item_ext) "

@@ -19,15 +19,17 @@ def line_error(line: int, message: str) -> ApiError:
     return ApiError(422, f"line {line}: {message}", details=[{"loc": ["body", "line", line], "msg": message}])
 
 
-def parse_timestamp(raw: str) -> datetime:
-    """Unix seconds (int or float) or ISO 8601 (naive = UTC)."""
+def parse_timestamp(raw: str) -> float:
+    """Unix seconds (int or float) or ISO 8601 (naive = UTC) -> unix seconds."""
     raw = raw.strip()
     try:
-        return datetime.fromtimestamp(float(raw), tz=UTC)
-    except (ValueError, OverflowError, OSError):
-        pass
-    value = datetime.fromisoformat(raw)  # ValueError if not ISO either
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+        seconds = float(raw)
+    except ValueError:
+        value = datetime.fromisoformat(raw)  # ValueError if not ISO either
+        seconds = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    if not -62135596800.0 < seconds < 253402300799.0:  # years 1..9999
+        raise ValueError("timestamp out of range")
+    return seconds
 
 
 def parse_fields(line: int, fields: list[str], scale: int) -> StagedRow:
@@ -129,5 +131,6 @@ def rows_from_json(rows: Iterable[dict], scale: int) -> list[StagedRow]:
             message = f"rating {row['rating']} is not between 1 and {scale}"
             raise ApiError(422, f"ratings[{position}]: {message}",
                            details=[{"loc": ["body", "ratings", position, "rating"], "msg": message}])
-        out.append((position, row["user"], row["item"], row["rating"], row.get("timestamp")))
+        stamp = row.get("timestamp")
+        out.append((position, row["user"], row["item"], row["rating"], stamp.timestamp() if stamp else None))
     return out
