@@ -5,8 +5,9 @@ enumeration helpers and the two-phase estimator shared with the deep Boltzmann m
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -184,9 +185,9 @@ class BoltzmannMachine(nn.Module):
     def layers(self) -> tuple[Units, BernoulliUnits]:
         return (self.visible, self.hidden)
 
-    def field(self, index: int, state: Sequence[Tensor], beta: float | Tensor = 1.0) -> Tensor:
+    def field(self, index: int, state: Sequence[Tensor]) -> Tensor:
         """Each unit's field given all other units: layer 0 in the visible state shape,
-        layer 1 ``(batch, H)``. (``beta`` is applied by the unit types, not here.)"""
+        layer 1 ``(batch, H)``. (An inverse temperature is applied by the unit types.)"""
         v_flat, h = self.visible.flatten(state[0]), state[1]
         if index == 0:
             out = torch.addmm(self.visible_bias, h, self.weight.t())
@@ -290,7 +291,8 @@ class BoltzmannMachine(nn.Module):
             return MeanFieldResult((self.hidden.mean(hidden_input, beta),), 1, True, 0.0)
         mu = self.hidden.mean(hidden_input, beta) if init is None else init
         residual, iterations = float("inf"), 0
-        for iterations in range(1, max_iter + 1):
+        for step in range(1, max_iter + 1):
+            iterations = step
             target = self.hidden.mean(hidden_input + mu @ w_hh, beta)
             residual = float((target - mu).detach().abs().max()) if mu.numel() else 0.0
             mu = damping * mu + (1 - damping) * target
@@ -327,9 +329,7 @@ class BoltzmannMachine(nn.Module):
             return self.visible.mean(self.field(0, (v_obs, mu)))
 
     # -- learning ------------------------------------------------------------------------------
-    def statistics(
-        self, state: Sequence[Tensor] | ChainState, weights: Tensor | None = None
-    ) -> dict[str, Tensor]:
+    def statistics(self, state: Sequence[Tensor] | ChainState, weights: Tensor | None = None) -> dict[str, Tensor]:
         """Expected sufficient statistics ⟨-∂E/∂θ⟩ for each parameter name: ⟨v hᵀ⟩, ⟨v⟩, ⟨h⟩ and
         M ⊙ ⟨v vᵀ⟩, M ⊙ ⟨h hᵀ⟩ (pairs of different units). ``state`` is a sequence (v, h) of
         states or means, or a ``ChainState`` whose ``means`` are every unit's conditional mean
@@ -393,7 +393,9 @@ class BoltzmannMachine(nn.Module):
     ) -> Tensor:
         """Autograd surrogate with the two-phase gradient: ⟨E⟩_clamped - ⟨E⟩_free (the free
         states detached), using the bilinear form at (state, means) where means are given."""
-        return _weighted_energy(self, positive, positive_weights) - _weighted_energy(self, negative, negative_weights, detach=True)
+        return _weighted_energy(self, positive, positive_weights) - _weighted_energy(
+            self, negative, negative_weights, detach=True
+        )
 
     # -- exact answers for tiny models ---------------------------------------------------------
     def exact_log_partition(self) -> Tensor:
@@ -449,7 +451,7 @@ def _product_states(units_list: Sequence[Units], dtype: torch.dtype, device) -> 
     if total > MAX_ENUMERATED_STATES:
         raise ValueError(f"{total} hidden configurations are too many to enumerate")
     grids = torch.meshgrid(*[torch.arange(c, device=device) for c in counts], indexing="ij")
-    return [states[g.reshape(-1)] for states, g in zip(per_layer, grids)]
+    return [states[g.reshape(-1)] for states, g in zip(per_layer, grids, strict=True)]
 
 
 def _joint_energies(model, v: Tensor) -> tuple[list[Tensor], Tensor]:
@@ -539,7 +541,10 @@ class TwoPhaseEstimator:
         if self.clamped == "mean_field":
             return state
         with torch.no_grad():
-            hidden = [units.sample(None, generator=generator, mean=mu) for units, mu in zip(model.layers[1:], state.layers[1:])]
+            hidden = [
+                units.sample(None, generator=generator, mean=mu)
+                for units, mu in zip(model.layers[1:], state.layers[1:], strict=True)
+            ]
             state = ChainState((positive, *hidden), state.mask)
             sweeper = SingleSiteGibbs(layers=range(1, len(model.layers)))
             state = sweeper.run(model, state, self.clamped_sweeps, generator)

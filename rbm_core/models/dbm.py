@@ -4,8 +4,9 @@ bound on log p(v), persistent block-Gibbs negative phase, and greedy layer-wise 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -91,7 +92,7 @@ class DBM(nn.Module):
         sizes = [self.visible.flat_size, *config.hidden_sizes]
         self.weights = nn.ParameterList(
             nn.Parameter((torch.randn(a, b, generator=generator, dtype=dtype) * config.init_std).to(device))
-            for a, b in zip(sizes[:-1], sizes[1:])
+            for a, b in zip(sizes[:-1], sizes[1:], strict=True)
         )
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(n, dtype=dtype, device=device)) for n in sizes)
 
@@ -123,9 +124,25 @@ class DBM(nn.Module):
     def energy(self, state: Sequence[Tensor]) -> Tensor:
         """E(v, h¹, …, h^L) per sample, shape ``(batch,)``."""
         flat = [self._flat(i, x) for i, x in enumerate(state)]
-        out = -sum(x @ b for x, b in zip(flat, self.biases))
-        for l, w in enumerate(self.weights):
-            out = out - ((flat[l] @ w) * flat[l + 1]).sum(-1)
+        out = -sum(x @ b for x, b in zip(flat, self.biases, strict=True))
+        for layer, w in enumerate(self.weights):
+            out = out - ((flat[layer] @ w) * flat[layer + 1]).sum(-1)
+        return out
+
+    def even_free_energy(self, state: Sequence[Tensor], beta: float | Tensor = 1.0) -> Tensor:
+        """F_β(x_0, x_2, …) = -log Σ_{odd layers} exp(-β E), per sample ``(batch,)``: the odd
+        layers (h¹, h³, …) summed out analytically, since given the even layers they are
+        independent. Entries of ``state`` at odd positions are ignored. (The quantity AIS for
+        a DBM anneals, as in Salakhutdinov & Hinton 2009.)"""
+        layers = list(state)
+        out = 0.0
+        for layer in range(0, len(layers), 2):
+            bias_term = self._flat(layer, layers[layer]) @ self.biases[layer]
+            out = out - (bias_term * beta if isinstance(beta, Tensor) or beta != 1.0 else bias_term)
+        for layer in range(1, len(layers), 2):
+            layers[layer] = torch.zeros_like(layers[layer])  # the field of an odd layer depends on even layers only
+        for layer in range(1, len(layers), 2):
+            out = out - self.layers[layer].log_partition(self.field(layer, layers), beta)
         return out
 
     def encode(self, data: Tensor) -> Tensor:
@@ -158,18 +175,19 @@ class DBM(nn.Module):
             state.extend(init)
         else:
             x = self.visible.flatten(v)
-            for l in range(1, num_layers):
-                scale = 2.0 if l < num_layers - 1 else 1.0
-                x = self.hidden_layers[l - 1].mean(self.biases[l] + scale * (x @ self.weights[l - 1]), beta)
+            for layer in range(1, num_layers):
+                scale = 2.0 if layer < num_layers - 1 else 1.0
+                x = self.hidden_layers[layer - 1].mean(self.biases[layer] + scale * (x @ self.weights[layer - 1]), beta)
                 state.append(x)
         residual, iterations = float("inf"), 0
-        for iterations in range(1, max_iter + 1):
+        for step in range(1, max_iter + 1):
+            iterations = step
             residual = 0.0
             for parity in (1, 0):
-                for l in range(2 if parity == 0 else 1, num_layers, 2):
-                    target = self.hidden_layers[l - 1].mean(self.field(l, state), beta)
-                    residual = max(residual, float((target - state[l]).detach().abs().max()))
-                    state[l] = target if damping == 0.0 else damping * state[l] + (1 - damping) * target
+                for layer in range(2 if parity == 0 else 1, num_layers, 2):
+                    target = self.hidden_layers[layer - 1].mean(self.field(layer, state), beta)
+                    residual = max(residual, float((target - state[layer]).detach().abs().max()))
+                    state[layer] = target if damping == 0.0 else damping * state[layer] + (1 - damping) * target
             if residual < tol:
                 break
         return MeanFieldResult(tuple(state[1:]), iterations, residual < tol, residual)
@@ -177,7 +195,11 @@ class DBM(nn.Module):
     def mean_field_residual(self, v: Tensor, means: Sequence[Tensor]) -> Tensor:
         """max |σ(field_l(v, μ)) - μ_l| over layers and units: zero at an exact fixed point."""
         state = [v, *means]
-        return max((units.mean(self.field(l, state)) - state[l]).abs().max() for l, units in enumerate(self.layers) if l > 0)
+        return max(
+            (units.mean(self.field(layer, state)) - state[layer]).abs().max()
+            for layer, units in enumerate(self.layers)
+            if layer > 0
+        )
 
     def mean_field_lower_bound(
         self, v: Tensor, log_partition: Tensor | float, result: MeanFieldResult | None = None, **mean_field: Any
@@ -222,8 +244,11 @@ class DBM(nn.Module):
         ``means``, each odd layer is replaced by its conditional mean given its (even)
         neighbours, which is unbiased for every term since adjacent layers have opposite parity."""
         flat = [self._flat(i, x) for i, x in enumerate(_as_layers(state))]
-        stats = {f"weights.{l}": _weighted_outer(flat[l], flat[l + 1], weights) for l in range(len(self.weights))}
-        stats.update({f"biases.{l}": _weighted_mean(x, weights) for l, x in enumerate(flat)})
+        stats = {
+            f"weights.{layer}": _weighted_outer(flat[layer], flat[layer + 1], weights)
+            for layer in range(len(self.weights))
+        }
+        stats.update({f"biases.{layer}": _weighted_mean(x, weights) for layer, x in enumerate(flat)})
         return stats
 
     @torch.no_grad()
@@ -283,9 +308,9 @@ def _as_layers(state: Sequence[Tensor] | ChainState) -> tuple[Tensor, ...]:
         return tuple(state)
     layers = list(state.layers)
     if state.means is not None:
-        for l in range(1, len(layers), 2):
-            if state.means[l] is not None:
-                layers[l] = state.means[l]
+        for layer in range(1, len(layers), 2):
+            if state.means[layer] is not None:
+                layers[layer] = state.means[layer]
     return tuple(layers)
 
 
@@ -343,11 +368,11 @@ def greedy_pretrain(
     num_rbms = len(sizes) - 1
     rbms: list[RBM] = []
     current = data
-    for l in range(num_rbms):
-        visible_kind = c.visible if l == 0 else "bernoulli"
-        config = RBMConfig(sizes[l], sizes[l + 1], visible_kind, c.num_values if l == 0 else 2, c.init_std)
-        up = 2.0 if l == 0 else 1.0
-        down = 2.0 if l == num_rbms - 1 else 1.0
+    for layer in range(num_rbms):
+        visible_kind = c.visible if layer == 0 else "bernoulli"
+        config = RBMConfig(sizes[layer], sizes[layer + 1], visible_kind, c.num_values if layer == 0 else 2, c.init_std)
+        up = 2.0 if layer == 0 else 1.0
+        down = 2.0 if layer == num_rbms - 1 else 1.0
         rbm = _ScaledRBM(config, up, down, dtype=param.dtype, device=param.device, generator=generator)
         encoded = rbm.encode(current)
         rbm.init_visible_bias_from_data(current)
@@ -364,11 +389,11 @@ def greedy_pretrain(
         with torch.no_grad():
             current = rbm.sample_hidden(encoded, generator=generator)
     with torch.no_grad():
-        for l, rbm in enumerate(rbms):
-            scale = 1.0 if l in (0, num_rbms - 1) else 0.5
-            dbm.weights[l].copy_(scale * rbm.weight)
+        for layer, rbm in enumerate(rbms):
+            scale = 1.0 if layer in (0, num_rbms - 1) else 0.5
+            dbm.weights[layer].copy_(scale * rbm.weight)
         dbm.biases[0].copy_(rbms[0].visible_bias)
         dbm.biases[num_rbms].copy_(rbms[-1].hidden_bias)
-        for l in range(1, num_rbms):
-            dbm.biases[l].copy_(0.5 * (rbms[l - 1].hidden_bias + rbms[l].visible_bias))
+        for layer in range(1, num_rbms):
+            dbm.biases[layer].copy_(0.5 * (rbms[layer - 1].hidden_bias + rbms[layer].visible_bias))
     return rbms

@@ -32,7 +32,9 @@ def one_thread():
 
 def make_bm(kind, k, num_visible=3, num_hidden=2, vv=True, hh=True, scale=1.0, seed=0):
     g = torch.Generator().manual_seed(seed)
-    model = BoltzmannMachine(BMConfig(num_visible, num_hidden, kind, k, vv, hh, init_std=scale), dtype=torch.float64, generator=g)
+    model = BoltzmannMachine(
+        BMConfig(num_visible, num_hidden, kind, k, vv, hh, init_std=scale), dtype=torch.float64, generator=g
+    )
     with torch.no_grad():
         model.visible_bias.copy_(torch.randn(model.visible_bias.shape, generator=g, dtype=torch.float64) * 0.5)
         model.hidden_bias.copy_(torch.randn(model.hidden_bias.shape, generator=g, dtype=torch.float64) * 0.5)
@@ -49,7 +51,7 @@ def layer_codes(units, x):
 
 def joint_codes(model, layers):
     index = torch.zeros(layers[0].shape[0], dtype=torch.long)
-    for units, x in zip(model.layers, layers):
+    for units, x in zip(model.layers, layers, strict=True):
         index = index * units.num_states + layer_codes(units, x)
     return index
 
@@ -142,7 +144,11 @@ def test_every_unit_conditional_is_the_ratio_of_the_exact_joint(kind, k):
     for index, units in enumerate(model.layers):
         means = model.conditional_mean(index, state)
         for unit in range(units.size):
-            values = torch.eye(k, dtype=torch.float64) if (index == 0 and kind == "softmax") else torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+            values = (
+                torch.eye(k, dtype=torch.float64)
+                if (index == 0 and kind == "softmax")
+                else torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+            )
             energies = []
             for value in values:
                 x = [s.clone() for s in state]
@@ -159,7 +165,12 @@ def test_every_unit_conditional_is_the_ratio_of_the_exact_joint(kind, k):
 def test_free_energy_sums_out_the_hidden_units(kind, k):
     model = make_bm(kind, k, hh=False)
     v = model.visible.all_states()
-    torch.testing.assert_close(-model.free_energy(v), torch.logsumexp(-torch.stack([model.energy((v, h.expand(len(v), -1))) for h in model.hidden.all_states()], -1), -1))
+    torch.testing.assert_close(
+        -model.free_energy(v),
+        torch.logsumexp(
+            -torch.stack([model.energy((v, h.expand(len(v), -1))) for h in model.hidden.all_states()], -1), -1
+        ),
+    )
     with pytest.raises(NotImplementedError):
         make_bm(kind, k).free_energy(v)
 
@@ -198,7 +209,11 @@ def test_single_site_gibbs_keeps_a_clamped_layer_and_respects_beta():
     clamped = SingleSiteGibbs(layers=(1,)).run(model, state, 3, g)
     assert torch.equal(clamped.layers[0], v)
     # At beta = 0 every unit is uniform whatever the weights: the visible marginal is flat.
-    hot = ChainState((model.visible.random_state(30_000, g, torch.float64), torch.zeros(30_000, 2, dtype=torch.float64)), None, torch.zeros(30_000, dtype=torch.float64))
+    hot = ChainState(
+        (model.visible.random_state(30_000, g, torch.float64), torch.zeros(30_000, 2, dtype=torch.float64)),
+        None,
+        torch.zeros(30_000, dtype=torch.float64),
+    )
     hot = SingleSiteGibbs().run(model, hot, 2, g)
     codes = layer_codes(model.visible, hot.layers[0])
     assert chi2_pvalue(codes, torch.full((27,), 1 / 27, dtype=torch.float64)) > ALPHA
@@ -213,11 +228,13 @@ def test_two_phase_gradient_with_exact_expectations_is_the_exact_likelihood_grad
     autograd = torch.autograd.grad(-model.exact_log_likelihood(data).mean(), list(model.parameters()))
     clamped, clamped_weights, free, free_weights = exact_clamped_and_free(model, data)
     model.two_phase_grads(clamped, free, clamped_weights, free_weights)
-    for (name, param), expected in zip(model.named_parameters(), autograd):
+    for (name, param), expected in zip(model.named_parameters(), autograd, strict=True):
         torch.testing.assert_close(param.grad, expected, msg=name)
     # The autograd surrogate gives the same gradient.
-    grads = torch.autograd.grad(model.contrastive_loss(clamped, free, clamped_weights, free_weights), list(model.parameters()))
-    for got, expected in zip(grads, autograd):
+    grads = torch.autograd.grad(
+        model.contrastive_loss(clamped, free, clamped_weights, free_weights), list(model.parameters())
+    )
+    for got, expected in zip(grads, autograd, strict=True):
         torch.testing.assert_close(got, expected)
 
 
@@ -240,7 +257,7 @@ def test_rao_blackwellised_statistics_have_the_exact_expectation(kind, k):
     clamped = model.positive_phase(v)
     model.two_phase_grads(clamped, chains)
     autograd = torch.autograd.grad(model.contrastive_loss(clamped, chains), list(model.parameters()))
-    for (name, param), expected in zip(model.named_parameters(), autograd):
+    for (name, param), expected in zip(model.named_parameters(), autograd, strict=True):
         torch.testing.assert_close(param.grad, expected, msg=name)
 
 
@@ -310,7 +327,16 @@ def test_trainer_raises_the_exact_log_likelihood_and_keeps_the_constraints(kind,
     data = model.encode(raw)
     before = float(model.exact_log_likelihood(data).mean().detach())
     estimator = TwoPhaseEstimator(free_sweeps=1, num_chains=100, clamped=clamped, clamped_sweeps=2)
-    Trainer(model, estimator, learning_rate=0.05, momentum=0.5, weight_decay=1e-4, batch_size=50, epochs=15, generator=torch.Generator().manual_seed(17)).fit(raw)
+    Trainer(
+        model,
+        estimator,
+        learning_rate=0.05,
+        momentum=0.5,
+        weight_decay=1e-4,
+        batch_size=50,
+        epochs=15,
+        generator=torch.Generator().manual_seed(17),
+    ).fit(raw)
     after = float(model.exact_log_likelihood(data).mean().detach())
     assert after > before + 0.1, (before, after)
     for lateral in (model.visible_lateral, model.hidden_lateral):

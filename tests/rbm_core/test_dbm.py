@@ -40,7 +40,7 @@ def make_dbm(kind, k, num_visible=3, hidden=(2, 2), scale=1.0, seed=0):
 def joint_codes(model, layers):
     """Index of each joint state in ``joint_distribution`` order."""
     index = torch.zeros(layers[0].shape[0], dtype=torch.long)
-    for units, x in zip(model.layers, layers):
+    for units, x in zip(model.layers, layers, strict=True):
         codes = x.argmax(-1) if units.kind == "softmax" else x.long()
         place = units.num_values ** torch.arange(units.size - 1, -1, -1)
         index = index * units.num_states + (codes * place).sum(-1)
@@ -66,17 +66,31 @@ def test_energy_and_fields_match_the_layered_sum(kind, k):
     g = torch.Generator().manual_seed(1)
     state = [units.random_state(4, g, torch.float64) for units in model.layers]
     flat = [model.visible.flatten(state[0]), *state[1:]]
-    expected = -sum(x @ b for x, b in zip(flat, model.biases))
-    for l, w in enumerate(model.weights):
-        expected = expected - torch.einsum("bi,ij,bj->b", flat[l], w, flat[l + 1])
+    expected = -sum(x @ b for x, b in zip(flat, model.biases, strict=True))
+    for layer, w in enumerate(model.weights):
+        expected = expected - torch.einsum("bi,ij,bj->b", flat[layer], w, flat[layer + 1])
     torch.testing.assert_close(model.energy(state), expected)
     # A layer's field gives its exact conditional: flipping one hidden unit changes E by its field.
-    for l in range(1, 4):
+    for layer in range(1, 4):
         flipped = [x.clone() for x in state]
-        flipped[l][:, 0] = 1 - flipped[l][:, 0]
+        flipped[layer][:, 0] = 1 - flipped[layer][:, 0]
         delta = model.energy(flipped) - model.energy(state)
-        sign = 2 * state[l][:, 0] - 1
-        torch.testing.assert_close(delta, sign * model.field(l, state)[:, 0])
+        sign = 2 * state[layer][:, 0] - 1
+        torch.testing.assert_close(delta, sign * model.field(layer, state)[:, 0])
+
+
+@pytest.mark.parametrize("kind,k", KINDS)
+@pytest.mark.parametrize("beta", [1.0, 0.4])
+def test_even_free_energy_sums_out_the_odd_layers(kind, k, beta):
+    model = make_dbm(kind, k, hidden=(2, 2, 2), seed=21)
+    layers, _ = joint_distribution(model)
+    # Group the joint states by their even layers and sum exp(-beta E) over the odd ones.
+    even_key = joint_codes(model, [layers[0], torch.zeros_like(layers[1]), layers[2], torch.zeros_like(layers[3])])
+    weights = torch.exp(-beta * model.energy(layers))
+    summed = torch.zeros(int(even_key.max()) + 1, dtype=torch.float64).index_add_(0, even_key, weights)
+    torch.testing.assert_close(torch.exp(-model.even_free_energy(layers, beta)), summed[even_key])
+    per_chain = torch.full((len(even_key),), beta, dtype=torch.float64)
+    torch.testing.assert_close(model.even_free_energy(layers, per_chain), model.even_free_energy(layers, beta))
 
 
 @pytest.mark.parametrize("kind,k", KINDS)
@@ -126,7 +140,7 @@ def test_lower_bound_is_below_the_exact_log_likelihood(kind, k):
     # And the gap is exactly KL(q || p(h|v)) >= 0, computed by enumeration.
     result = model.mean_field(v, tol=1e-10, max_iter=500)
     hidden, log_post = model.exact_posterior(v)
-    log_q = sum(h @ mu.log().t() + (1 - h) @ (1 - mu).log().t() for h, mu in zip(hidden, result.means)).t()
+    log_q = sum(h @ mu.log().t() + (1 - h) @ (1 - mu).log().t() for h, mu in zip(hidden, result.means, strict=True)).t()
     kl = (log_q.exp() * (log_q - log_post)).sum(-1)
     torch.testing.assert_close(exact - bound, kl)
 
@@ -174,12 +188,12 @@ def test_two_phase_gradient_with_exact_expectations_is_the_exact_likelihood_grad
     clamped = [data.repeat_interleave(count, 0), *[h.repeat(batch, 1) for h in hidden]]
     free, log_p = joint_distribution(model)
     model.two_phase_grads(clamped, free, log_q.exp().reshape(-1) / batch, log_p.exp())
-    for (name, param), expected in zip(model.named_parameters(), autograd):
+    for (name, param), expected in zip(model.named_parameters(), autograd, strict=True):
         torch.testing.assert_close(param.grad, expected, msg=name)
     grads = torch.autograd.grad(
         model.contrastive_loss(clamped, free, log_q.exp().reshape(-1) / batch, log_p.exp()), list(model.parameters())
     )
-    for got, expected in zip(grads, autograd):
+    for got, expected in zip(grads, autograd, strict=True):
         torch.testing.assert_close(got, expected)
 
 
@@ -191,7 +205,7 @@ def test_hand_written_step_equals_autograd_of_the_surrogate_on_chains():
     clamped = model.positive_phase(v)
     model.two_phase_grads(clamped, chains)
     autograd = torch.autograd.grad(model.contrastive_loss(clamped, chains), list(model.parameters()))
-    for (name, param), expected in zip(model.named_parameters(), autograd):
+    for (name, param), expected in zip(model.named_parameters(), autograd, strict=True):
         torch.testing.assert_close(param.grad, expected, msg=name)
 
 
@@ -255,7 +269,9 @@ def test_trainer_raises_the_exact_log_likelihood(kind, k, estimator):
     data = model.encode(raw)
     before = float(model.exact_log_likelihood(data).mean().detach())
     chosen = PersistentContrastiveDivergence(1, num_chains=100) if estimator == "pcd" else TwoPhaseEstimator(1, 100)
-    Trainer(model, chosen, learning_rate=0.05, batch_size=50, epochs=15, generator=torch.Generator().manual_seed(17)).fit(raw)
+    Trainer(
+        model, chosen, learning_rate=0.05, batch_size=50, epochs=15, generator=torch.Generator().manual_seed(17)
+    ).fit(raw)
     after = float(model.exact_log_likelihood(data).mean().detach())
     assert after > before + 0.1, (before, after)
 
@@ -267,9 +283,9 @@ def test_greedy_pretraining_composes_the_rbms_as_documented(hidden):
     rbms = greedy_pretrain(model, raw, epochs=5, batch_size=50, generator=torch.Generator().manual_seed(20))
     top = len(rbms) - 1
     assert rbms[0].up == 2.0 and rbms[0].down == (2.0 if top == 0 else 1.0) and rbms[top].down == 2.0
-    for l, rbm in enumerate(rbms):
-        scale = 1.0 if l in (0, top) else 0.5
-        torch.testing.assert_close(model.weights[l], scale * rbm.weight)
+    for layer, rbm in enumerate(rbms):
+        scale = 1.0 if layer in (0, top) else 0.5
+        torch.testing.assert_close(model.weights[layer], scale * rbm.weight)
     torch.testing.assert_close(model.biases[0], rbms[0].visible_bias)
     torch.testing.assert_close(model.biases[1], 0.5 * (rbms[0].hidden_bias + rbms[1].visible_bias))
     # Pretraining gives a better model than the near-zero start.
