@@ -219,6 +219,20 @@ def test_single_site_gibbs_keeps_a_clamped_layer_and_respects_beta():
     assert chi2_pvalue(codes, torch.full((27,), 1 / 27, dtype=torch.float64)) > ALPHA
 
 
+@pytest.mark.parametrize("kind,k", KINDS)
+def test_clamped_sweeps_sample_the_exact_posterior(kind, k):
+    """The clamped phase's Gibbs sweeps (visible fixed, hidden-hidden weights on) draw from
+    the exact p(h|v)."""
+    model = make_bm(kind, k, num_hidden=3, scale=1.5, seed=22)
+    g = torch.Generator().manual_seed(23)
+    v = model.visible.random_state(1, g, torch.float64).expand(20_000, *model.visible.state_shape(1)[1:])
+    hidden, log_q = model.exact_posterior(v[:1])
+    state = ChainState((v, torch.zeros(20_000, 3, dtype=torch.float64)), model.visible.mask(v))
+    state = SingleSiteGibbs(layers=(1,)).run(model, state, 20, g)
+    assert torch.equal(state.layers[0], v)
+    assert chi2_pvalue(layer_codes(model.hidden, state.layers[1]), log_q[0].exp()) > ALPHA
+
+
 # -- learning ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind,k", KINDS)
 @pytest.mark.parametrize("vv,hh", LATERALS)
@@ -356,3 +370,13 @@ def test_enumeration_covers_every_joint_state_once():
     codes = joint_codes(model, layers)
     assert sorted(codes.tolist()) == list(range(9 * 4))
     assert len(list(itertools.product(range(3), range(3), range(2), range(2)))) == len(log_p)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trains_and_samples_on_cuda():
+    raw = _target_data("softmax", 3, 200, seed=24)
+    model = BoltzmannMachine(BMConfig(4, 2, "softmax", 3), device="cuda")
+    Trainer(model, TwoPhaseEstimator(1, 50, clamped="gibbs"), batch_size=50, epochs=2).fit(raw.cuda())
+    assert all(p.device.type == "cuda" and bool(torch.isfinite(p).all()) for p in model.parameters())
+    assert model.visible_mean_given(model.encode(raw[:5])).device.type == "cuda"
