@@ -14,8 +14,8 @@ def chi_squared_pvalue(observed_counts, expected_probs, min_expected: float = 5.
     Categories whose expected count is below ``min_expected`` are pooled into one (the chi-squared
     approximation needs about five expected counts per cell). A sampler passes at false-alarm rate
     ``alpha`` when the p-value exceeds ``alpha``; a correct sampler fails with probability ``alpha``."""
-    counts = np.asarray(torch.as_tensor(observed_counts).double().cpu(), dtype=np.float64)
-    probs = np.asarray(torch.as_tensor(expected_probs).double().cpu(), dtype=np.float64)
+    counts = torch.as_tensor(observed_counts).detach().double().cpu().numpy()
+    probs = torch.as_tensor(expected_probs).detach().double().cpu().numpy()
     if counts.shape != probs.shape:
         raise ValueError(f"{counts.shape} counts against {probs.shape} probabilities")
     if abs(probs.sum() - 1.0) > 1e-9:

@@ -11,6 +11,8 @@ from torch.nn import functional as F
 from rbm_core import RBM, InvalidInputError, RBMConfig
 from rbm_core.partition import exact_log_likelihood, exact_log_partition, joint_distribution, visible_distribution
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 MODELS = {
     "bernoulli": lambda: tiny_rbm(4, 3, seed=1),
     "softmax": lambda: tiny_rbm(3, 3, "softmax", 3, seed=2),

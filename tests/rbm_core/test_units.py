@@ -8,6 +8,8 @@ from helpers import chi_squared_pvalue, counts_over_states
 
 from rbm_core.units import BernoulliUnits, InvalidInputError, SoftmaxUnits
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 ALPHA = 1e-3  # false-alarm rate of every chi-squared test
 
 
