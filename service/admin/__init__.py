@@ -72,4 +72,9 @@ def create_admin_app(parent: FastAPI, *, mount_path: str = "/admin") -> FastAPI:
     return app
 
 
-__all__ = ["create_admin_app"]
+def mount(parent: FastAPI, path: str = "/admin") -> None:
+    """Called by ``service.main.create_app``: serve the dashboard under ``path``."""
+    parent.mount(path, create_admin_app(parent, mount_path=path), name="admin")
+
+
+__all__ = ["create_admin_app", "mount"]

@@ -99,7 +99,7 @@ def compute(session: Session, version: ModelVersion) -> Inside:
         top_values, top_rows = scores.topk(k, dim=0)  # (k, H)
         wanted = {int(item_index[r]) for r in top_rows[:, :MAX_UNITS].flatten().tolist() if r < len(item_index)}
         names = queries.items_by_ids(session, sorted(wanted))
-        hidden_bias = getattr(net, "hidden_bias", torch.zeros(scores.shape[1]))
+        hidden_bias = getattr(net, "hidden_bias", torch.zeros(scores.shape[1])).detach().cpu()
         for j in range(min(MAX_UNITS, scores.shape[1])):
             top = []
             for value, row in zip(top_values[:, j].tolist(), top_rows[:, j].tolist(), strict=True):

@@ -42,10 +42,10 @@ def base_path(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
-def render(request: Request, name: str, *, admin: ApiKey | None, section: str = "", status: int = 200,
+def render(request: Request, template: str, /, *, admin: ApiKey | None, section: str = "", status: int = 200,
            **context: Any) -> HTMLResponse:
     flashes = request.session.pop("flashes", []) if "session" in request.scope else []
-    return templates.TemplateResponse(request, name, {
+    return templates.TemplateResponse(request, template, {
         "base": base_path(request), "csrf": csrf_token(request) if "session" in request.scope else "",
         "admin": admin, "section": section, "flashes": flashes, "title": context.pop("title", section), **context,
     }, status_code=status)
@@ -161,7 +161,13 @@ async def edit_schedule(name: str, request: Request, admin: Admin, db: Db) -> Re
     except (ValueError, ValidationError) as exc:
         flash(request, f"Schedule not saved: {_first_error(exc)}", "error")
         return redirect(request, f"/models/{quote(name)}")
-    model_service.update_definition(db, name=name, changes=patch.model_dump(exclude_unset=True))
+    try:
+        model_service.update_definition(db, name=name, changes=patch.model_dump(exclude_unset=True))
+    except ApiError as exc:
+        if exc.status == 404:
+            raise
+        flash(request, f"Schedule not saved: {exc.message}", "error")
+        return redirect(request, f"/models/{quote(name)}")
     flash(request, f"Schedule of {name} saved.")
     return redirect(request, f"/models/{quote(name)}")
 
