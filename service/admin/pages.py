@@ -21,7 +21,7 @@ from service.auth.models import ApiKey
 from service.errors import ApiError, not_found
 from service.models import repository as model_repository
 from service.models import service as model_service
-from service.models.models import ModelDefinition, ModelVersion, TrainingJob
+from service.models.models import ModelDefinition, ModelVersion
 from service.models.schemas import DefinitionPatch
 from service.serving import service as serving
 
@@ -190,8 +190,10 @@ def _version_and_name(db: Session, version_id: int) -> tuple[ModelVersion, Model
 def version(version_id: int, request: Request, admin: Admin, db: Db) -> HTMLResponse:
     found, definition = _version_and_name(db, version_id)
     inside = internals.inside_cache.get(db, found)
+    history = (found.metrics or {}).get("history")
+    curves = _curves(history if isinstance(history, list) else [])
     return render(request, "version.html", admin=admin, section="Models", title=f"{definition.name} v{found.version}",
-                  v=found, name=definition.name, inside=inside)
+                  v=found, name=definition.name, inside=inside, curves=curves)
 
 
 @router.get("/versions/{version_id}/activate", response_class=HTMLResponse)
@@ -224,8 +226,8 @@ async def activate(version_id: int, request: Request, admin: Admin, db: Db) -> R
 
 # ---- jobs ---------------------------------------------------------------------------------------
 
-def _curves(job: TrainingJob) -> dict[str, Any]:
-    curves = views.job_curves(job.metrics or [])
+def _curves(epochs: list[dict[str, Any]]) -> dict[str, Any]:
+    curves = views.job_curves(epochs)
     for group in curves["groups"]:
         group["chart"] = charts.lines(curves["epoch"], group["series"], x_title="epoch")
     return curves
@@ -246,7 +248,7 @@ def job(job_id: int, request: Request, admin: Admin, db: Db) -> HTMLResponse:
     if found is None:
         raise not_found("job", job_id)
     job, name = found
-    curves = _curves(job)
+    curves = _curves(job.metrics or [])
     duration = None
     if job.started_at and job.finished_at:
         duration = f"{(job.finished_at - job.started_at).total_seconds():.1f} s"
@@ -261,7 +263,7 @@ def job_json(job_id: int, admin: Admin, db: Db) -> JSONResponse:
     if found is None:
         raise not_found("job", job_id)
     job, _ = found
-    curves = _curves(job)
+    curves = _curves(job.metrics or [])
     return JSONResponse({
         "id": job.id, "status": job.status, "progress": job.progress or 0.0,
         "percent": f"{(job.progress or 0.0) * 100:.0f}%", "epochs": len(job.metrics or []),

@@ -102,9 +102,12 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def flat_metrics(metrics: dict[str, Any] | None, prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested metrics as (dotted name, scalar) pairs for a details table."""
+    """Nested metrics as (dotted name, scalar) pairs for a details table; the per-epoch ``history`` is
+    drawn as curves instead."""
     out: list[tuple[str, Any]] = []
-    for key, value in (metrics or {}).items():
+    for key, value in sorted((metrics or {}).items(), key=lambda kv: (isinstance(kv[1], dict), kv[0])):
+        if key == "history" and not prefix:
+            continue
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out.extend(flat_metrics(value, name + "."))
