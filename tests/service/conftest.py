@@ -30,7 +30,7 @@ DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 TABLES = "ratings, model_versions, training_jobs, model_definitions, users, items, api_keys"
 
 # Learns the planted tastes below in about a second.
-TINY = {"num_hidden": 6, "epochs": 10, "batch_size": 4, "learning_rate": 0.3, "momentum": 0.5,
+TINY = {"num_hidden": 6, "epochs": 20, "batch_size": 4, "learning_rate": 0.3, "momentum": 0.5,
         "k_schedule": [[0, 1]], "ranking": "rating", "patience": 1000}
 
 
