@@ -118,6 +118,7 @@ class Trainer:
         gradient_step: Callable[[Any, Tensor, NegativePhase], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         check_every: int = 50,
+        autograd: bool = False,
     ) -> None:
         self.model = model
         self.estimator = estimator
@@ -138,6 +139,9 @@ class Trainer:
         # Parameters are checked for NaN/inf every ``check_every`` updates and after each epoch:
         # often enough to stop a diverging run early, rarely enough to cost nothing measurable.
         self.check_every = check_every
+        # autograd=True ignores a model's hand-written gradient_step and backpropagates
+        # contrastive_loss instead (slower; for checking the fast path, or for new models).
+        self.autograd = autograd
 
     @property
     def device(self) -> torch.device:
@@ -148,7 +152,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=False)
         if self.gradient_step is not None:
             self.gradient_step(self.model, positive, negative)
-        elif hasattr(self.model, "gradient_step"):
+        elif not self.autograd and hasattr(self.model, "gradient_step"):
             self.model.gradient_step(positive, negative)
         else:
             weights = negative.info.get("weights")
