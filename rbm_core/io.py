@@ -6,6 +6,7 @@ rbm_core must import on a machine that has PyTorch alone.)"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pickle
@@ -41,16 +42,26 @@ def model_to_bytes(model: torch.nn.Module, extra: dict[str, Any] | None = None) 
         "extra": extra or {},
     }
     tensors = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
+    header["sha256"] = _checksum(tensors)
     buffer = io.BytesIO()
     torch.save({"header": json.dumps(header), "tensors": tensors}, buffer)
     return buffer.getvalue()
 
 
 def _read(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    # torch.save writes a zip archive whose directory sits at the end: a cut file has none.
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise ModelFileError(f"model file is truncated or corrupted ({len(data)} bytes): not a complete archive")
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, KeyError) as exc:
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():
+            raise ModelFileError(
+                "model file holds objects other than tensors and plain containers; refused without running them"
+            ) from exc
         raise ModelFileError(f"model file is truncated or corrupted ({len(data)} bytes): {exc}") from exc
+    except Exception as exc:  # arbitrary bytes make the unpickler fail in many ways
+        raise ModelFileError(f"model file is truncated or corrupted ({len(data)} bytes): {exc!r}") from exc
     if not isinstance(payload, dict) or not isinstance(payload.get("header"), str):
         raise ModelFileError("not an rbm_core model file: no header")
     try:
@@ -66,7 +77,20 @@ def _read(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     tensors = payload.get("tensors")
     if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
         raise ModelFileError("model file holds no tensor dictionary")
+    # The zip container does not check its contents, so a flipped bit in the weights would load
+    # silently; the header's checksum of every tensor catches it.
+    if "sha256" in header and header["sha256"] != _checksum(tensors):
+        raise ModelFileError("model file is corrupted: the tensors do not match the header's sha256 checksum")
     return header, tensors
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def read_header(data: bytes) -> dict[str, Any]:
