@@ -392,7 +392,10 @@ class BoltzmannMachine(nn.Module):
         negative_weights: Tensor | None = None,
     ) -> Tensor:
         """Autograd surrogate with the two-phase gradient: ⟨E⟩_clamped - ⟨E⟩_free (the free
-        states detached), using the bilinear form at (state, means) where means are given."""
+        states detached), using the bilinear form at (state, means) where means are given.
+        ``positive`` may be a bare visible tensor (the mean-field clamped phase is run);
+        ``negative`` must hold the hidden units too (a ``ChainState`` or ``(v, h)``)."""
+        positive, negative = _complete_phases(self, positive, negative)
         return _weighted_energy(self, positive, positive_weights) - _weighted_energy(
             self, negative, negative_weights, detach=True
         )
@@ -413,6 +416,19 @@ class BoltzmannMachine(nn.Module):
             f"visible={c.visible}({c.num_visible}, K={c.num_values}), hidden={c.num_hidden}, "
             f"visible_visible={c.visible_visible}, hidden_hidden={c.hidden_hidden}"
         )
+
+
+def _complete_phases(model, positive, negative):
+    """A bare visible tensor is a valid clamped phase (mean-field fills in the hidden units)
+    but not a free phase: the free statistics need the chains' hidden states."""
+    if isinstance(negative, Tensor):
+        raise TypeError(
+            f"{type(model).__name__}.contrastive_loss needs the free phase's full chain state (v, h, ...), "
+            "not visible samples alone; train through the model's gradient_step (the Trainer's default)"
+        )
+    if isinstance(positive, Tensor):
+        positive = model.positive_phase(positive)
+    return positive, negative
 
 
 def _weighted_energy(model, state, weights: Tensor | None, detach: bool = False) -> Tensor:

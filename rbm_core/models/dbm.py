@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from rbm_core.estimators import NegativePhase
 from rbm_core.models.bm import (
     MeanFieldResult,
+    _complete_phases,
     _entropy,
     _flat_mask,
     _set_grad,
@@ -282,7 +283,10 @@ class DBM(nn.Module):
         positive_weights: Tensor | None = None,
         negative_weights: Tensor | None = None,
     ) -> Tensor:
-        """Autograd surrogate ⟨E⟩_clamped - ⟨E⟩_free (full states or mean-field means)."""
+        """Autograd surrogate ⟨E⟩_clamped - ⟨E⟩_free (full states or mean-field means).
+        ``positive`` may be a bare visible tensor (mean-field positive phase); ``negative``
+        must hold every layer (a ``ChainState`` or a tuple)."""
+        positive, negative = _complete_phases(self, positive, negative)
         return _weighted_energy(self, _as_layers(positive), positive_weights) - _weighted_energy(
             self, _as_layers(negative), negative_weights, detach=True
         )

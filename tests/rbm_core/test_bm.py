@@ -357,6 +357,18 @@ def test_trainer_raises_the_exact_log_likelihood_and_keeps_the_constraints(kind,
         assert torch.equal(lateral, lateral.t()) and torch.all(lateral.diagonal() == 0)
 
 
+def test_surrogate_accepts_a_bare_positive_batch_and_refuses_a_bare_negative_one():
+    model = make_bm("bernoulli", 2)
+    g = torch.Generator().manual_seed(0)
+    v = model.visible.random_state(4, g, torch.float64)
+    chains = SingleSiteGibbs().init(model, v, g)
+    torch.testing.assert_close(
+        model.contrastive_loss(v, chains), model.contrastive_loss(model.positive_phase(v), chains)
+    )
+    with pytest.raises(TypeError, match="full chain state"):
+        model.contrastive_loss(v, chains.visible)
+
+
 def test_gradient_step_refuses_chains_that_ignore_the_lateral_weights():
     model = make_bm("bernoulli", 2)
     v = model.visible.random_state(4, torch.Generator().manual_seed(0), torch.float64)
