@@ -1,0 +1,86 @@
+"""The ``rbmrec`` commands against PostgreSQL (import through COPY, all or nothing) and a smoke test of the
+embedded SQLite mode end to end (migrate, import, key, train, serve a recommendation)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, text
+
+from conftest import TINY, planted_ratings
+from service.cli import main
+from service.config import Settings
+from service.ratings.models import Rating
+
+
+def _write_movielens(path, rows, timestamp=978300760):
+    path.write_text("".join(f"{u}::{i}::{v}::{timestamp + n}\n" for n, (u, i, v) in enumerate(rows)))
+
+
+def test_import_movielens_and_csv_into_postgresql(tmp_path, database, service_database_url, clean, capsys):
+    rows = [("1", "10", 5), ("1", "20", 3), ("2", "10", 4), ("1", "10", 2)]  # (1, 10) twice: the last wins
+    ratings = tmp_path / "ratings.dat"
+    _write_movielens(ratings, rows)
+    assert main(["--database-url", service_database_url, "import", str(ratings)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "movielens" and report["rows"] == 4 and report["ratings_written"] == 3
+    assert report["users_created"] == 2 and report["items_created"] == 2
+    with database.engine.connect() as conn:
+        got = conn.execute(text("SELECT u.external_id, i.external_id, r.value, extract(epoch FROM r.rated_at) "
+                                "FROM ratings r JOIN users u ON u.id = r.user_id JOIN items i ON i.id = r.item_id "
+                                "ORDER BY 1, 2")).all()
+    assert [(u, i, v, int(t)) for u, i, v, t in got] == [("1", "10", 2, 978300763), ("1", "20", 3, 978300761),
+                                                        ("2", "10", 4, 978300762)]
+    titles = tmp_path / "movies.dat"
+    titles.write_text("10::Heat (1995)::Action|Crime\n20::Babe (1995)::Children's\n")
+    csv = tmp_path / "more.csv"
+    csv.write_text("user,item,rating,timestamp\n3,20,4,2001-01-01T00:00:00Z\n")
+    assert main(["--database-url", service_database_url, "import", str(csv), "--titles", str(titles)]) == 0
+    with database.engine.connect() as conn:
+        assert conn.execute(text("SELECT title FROM items WHERE external_id = '10'")).scalar() == "Heat (1995)"
+        assert conn.execute(text("SELECT count(*) FROM ratings")).scalar() == 4
+
+
+def test_import_is_all_or_nothing(tmp_path, database, service_database_url, clean, capsys):
+    bad = tmp_path / "bad.dat"
+    bad.write_text("1::10::5::1\n1::11::4::2\n2::10::6::3\n")
+    assert main(["--database-url", service_database_url, "import", str(bad)]) == 1
+    assert "line 3" in capsys.readouterr().err
+    with database.session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Rating)) == 0
+    tab = tmp_path / "u.data"
+    tab.write_text("1\t10\t5\t1\n")
+    assert main(["--database-url", service_database_url, "import", str(tab), "--no-create-missing"]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_sqlite_smoke(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'embedded.sqlite3'}"
+    assert main(["--database-url", url, "db", "upgrade"]) == 0
+    data = tmp_path / "planted.csv"
+    data.write_text("".join(f"{u},{i},{v}\n" for u, i, v in planted_ratings()))
+    assert main(["--database-url", url, "import", str(data)]) == 0
+    assert main(["--database-url", url, "create-api-key", "--role", "admin", "--name", "smoke"]) == 0
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in TINY.items()]
+    assert main(["--database-url", url, "train", "tiny", "--create", *sets]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["version"] == 1 and summary["active"] and summary["rmse"] < summary["baseline_global_mean_rmse"]
+
+    from service.main import create_app
+
+    with TestClient(create_app(Settings(database_url=url, model_refresh_seconds=0))) as client:
+        headers = {"X-API-Key": key}
+        assert client.get("/health/ready").json()["checks"]["models"] == {"tiny": "version 1 loaded"}
+        body = client.get("/v1/users/u000/recommendations?n=3", headers=headers).json()
+        assert body["source"] == "model" and len(body["items"]) == 3
+        bad = [{"user": "s1", "item": "a00", "rating": 5}, {"user": "s1", "item": "a01", "rating": 0}]
+        assert client.post("/v1/ratings/batch", json={"ratings": bad}, headers=headers).status_code == 422
+        assert client.get("/v1/users/s1", headers=headers).status_code == 404
+        good = client.post("/v1/ratings/csv", content=b"s1,a00,5\ns1,a00,4\n", headers=headers).json()
+        assert good["ratings_written"] == 1
+        rating = client.get("/v1/users/s1/ratings", headers=headers).json()["data"][0]
+        assert rating["rating"] == 4 and rating["timestamp"].endswith("Z")
+        assert client.get("/v1/users/s1/recommendations?n=2", headers=headers).json()["source"] == "fold_in"
+        assert client.delete("/v1/users/s1", headers=headers).status_code == 204
