@@ -1,5 +1,5 @@
 """The ``rbmrec`` console script: ``db upgrade``, ``serve``, ``import``, ``train``, ``create-api-key``, ``demo``,
-``evaluate`` (rbm_core's offline evaluation) and ``worker`` (the training-jobs worker)."""
+``evaluate`` (rbm_core's offline evaluation) and ``worker`` (the training-jobs worker, registered by service/worker.py)."""
 
 from __future__ import annotations
 
@@ -299,8 +299,6 @@ def main(argv: list[str] | None = None) -> int:
     # Pass-through commands keep their own argument parsers.
     if argv[:1] == ["evaluate"]:
         return _delegate("rbm_core.ratings.evaluate", "rbmrec evaluate", argv[1:])
-    if argv[:1] == ["worker"]:
-        return _delegate("service.worker", "rbmrec worker", argv[1:])
 
     parser = argparse.ArgumentParser(prog="rbmrec", description="Boltzmann-machine recommender")
     parser.add_argument("--database-url", help="overrides DATABASE_URL (default: the embedded SQLite file)")
@@ -355,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=_demo)
 
     sub.add_parser("evaluate", help="offline evaluation of rating models (rbm_core.ratings.evaluate)", add_help=False)
-    sub.add_parser("worker", help="run the training-jobs worker (service.worker)", add_help=False)
+    if importlib.util.find_spec("service.worker") is not None:
+        # The training-jobs worker registers its own sub-command (service/worker.py).
+        importlib.import_module("service.worker").add_command(sub)
 
     args = parser.parse_args(argv)
     return args.func(args)
