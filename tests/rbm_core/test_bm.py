@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from scipy import stats
+from helpers import chi_squared_pvalue
 
 from rbm_core.estimators import NegativePhase
 from rbm_core.io import model_from_bytes, model_to_bytes
@@ -20,14 +20,7 @@ KINDS = [("bernoulli", 2), ("softmax", 3)]
 LATERALS = [(True, True), (True, False), (False, True)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (on a loaded machine a 27x9
-    matmul took 15 ms with two threads and 6 us with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: see tests/conftest.py
 
 
 def make_bm(kind, k, num_visible=3, num_hidden=2, vv=True, hh=True, scale=1.0, seed=0):
@@ -57,17 +50,9 @@ def joint_codes(model, layers):
 
 
 def chi2_pvalue(samples_index, probs):
-    """Pearson chi-squared p-value of integer samples against a pmf; cells with expected
-    count < 5 are pooled into one."""
-    n = samples_index.numel()
-    observed = torch.bincount(samples_index, minlength=probs.numel()).double()
-    expected = probs.detach().double() * n
-    small = expected < 5
-    if bool(small.any()):
-        observed = torch.cat([observed[~small], observed[small].sum().reshape(1)])
-        expected = torch.cat([expected[~small], expected[small].sum().reshape(1)])
-    statistic = float(((observed - expected) ** 2 / expected).sum())
-    return float(stats.chi2.sf(statistic, expected.numel() - 1))
+    """Chi-squared p-value of state indices against the exact pmf (shared helper; cells with
+    expected count < 5 pooled)."""
+    return chi_squared_pvalue(torch.bincount(samples_index, minlength=probs.numel()), probs)
 
 
 def exact_clamped_and_free(model, data):

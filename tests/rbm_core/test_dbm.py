@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scipy import stats
+from helpers import chi_squared_pvalue
 
 from rbm_core.estimators import PersistentContrastiveDivergence
 from rbm_core.io import model_from_bytes, model_to_bytes
@@ -18,14 +18,7 @@ ALPHA = 1e-3  # false-alarm rate of every chi-squared test
 KINDS = [("bernoulli", 2), ("softmax", 3)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (on a loaded machine a 27x9
-    matmul took 15 ms with two threads and 6 us with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: see tests/conftest.py
 
 
 def make_dbm(kind, k, num_visible=3, hidden=(2, 2), scale=1.0, seed=0):
@@ -48,16 +41,9 @@ def joint_codes(model, layers):
 
 
 def chi2_pvalue(samples_index, probs):
-    """Pearson chi-squared p-value against a pmf; cells with expected count < 5 pooled."""
-    n = samples_index.numel()
-    observed = torch.bincount(samples_index, minlength=probs.numel()).double()
-    expected = probs.detach().double() * n
-    small = expected < 5
-    if bool(small.any()):
-        observed = torch.cat([observed[~small], observed[small].sum().reshape(1)])
-        expected = torch.cat([expected[~small], expected[small].sum().reshape(1)])
-    statistic = float(((observed - expected) ** 2 / expected).sum())
-    return float(stats.chi2.sf(statistic, expected.numel() - 1))
+    """Chi-squared p-value of state indices against the exact pmf (shared helper; cells with
+    expected count < 5 pooled)."""
+    return chi_squared_pvalue(torch.bincount(samples_index, minlength=probs.numel()), probs)
 
 
 @pytest.mark.parametrize("kind,k", KINDS)
@@ -291,7 +277,8 @@ def test_greedy_pretraining_composes_the_rbms_as_documented(hidden):
     # Pretraining gives a better model than the near-zero start.
     fresh = make_dbm("bernoulli", 2, num_visible=4, hidden=hidden, scale=0.01, seed=19)
     data = model.encode(raw)
-    assert float(model.exact_log_likelihood(data).mean()) > float(fresh.exact_log_likelihood(data).mean())
+    with torch.no_grad():
+        assert float(model.exact_log_likelihood(data).mean()) > float(fresh.exact_log_likelihood(data).mean())
 
 
 @pytest.mark.cuda
