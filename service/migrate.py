@@ -11,7 +11,18 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-ROOT = Path(__file__).resolve().parent.parent
+
+
+def _project_root() -> Path:
+    """Where alembic.ini and migrations/ live: next to the service package (a checkout or editable install),
+    else the working directory (an installed package run from the project folder, as in the Docker image)."""
+    for candidate in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (candidate / "alembic.ini").is_file() and (candidate / "migrations").is_dir():
+            return candidate
+    raise FileNotFoundError("alembic.ini and migrations/ not found next to the service package or in the working directory")
+
+
+ROOT = _project_root()
 
 
 def alembic_config(database_url: str | None = None) -> Config:
