@@ -3,6 +3,7 @@ service's own functions (the same ones the REST API calls), rendering Jinja2 tem
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -75,6 +76,8 @@ def _safe_next(request: Request, target: str) -> str:
 
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next: str = "") -> HTMLResponse:
+    # Start aggregating the data overview while the admin types the key.
+    queries.overview_cache.warm(request.app.state.db.session_factory)
     return render(request, "login.html", admin=None, title="Log in", next=next, error=None)
 
 
@@ -107,13 +110,13 @@ async def logout(request: Request) -> Response:
 
 @router.get("/", response_class=HTMLResponse)
 def overview(request: Request, admin: Admin, db: Db) -> HTMLResponse:
-    data = queries.overview_cache.get(db)
+    data, refreshing = queries.overview_cache.get(db, request.app.state.db.session_factory)
     histogram = charts.bar([str(v) for v, _ in data.histogram], [n for _, n in data.histogram],
                            label="ratings", x_title="rating", y_title="ratings")
     per_day = charts.lines([d.isoformat() for d, _ in data.per_day], {"ratings per day": [n for _, n in data.per_day]},
                            x_title="day", y_title="ratings", points=len(data.per_day) < 60)
-    return render(request, "overview.html", admin=admin, section="Overview", data=data,
-                  histogram=histogram, per_day=per_day)
+    return render(request, "overview.html", admin=admin, section="Overview", data=data, refreshing=refreshing,
+                  age=time.time() - data.computed_at, histogram=histogram, per_day=per_day)
 
 
 # ---- models and versions ------------------------------------------------------------------------

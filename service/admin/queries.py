@@ -1,6 +1,6 @@
 """Read-side queries for the dashboard's aggregates: every count, histogram and top-N is computed by
-the database (GROUP BY, LIMIT), never by loading rating rows into Python. The data overview is cached
-for a few seconds per process, keyed by the cheap (row count estimate, last ingest) pair it shows."""
+the database (GROUP BY, one row per group), never by loading rating rows into Python. The overview is cached
+per process and refreshed in the background (see ``_OverviewCache``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Date, cast, func, select
+from sqlalchemy import Date, cast, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from service.auth.models import ApiKey
@@ -47,55 +47,99 @@ def _day(session: Session) -> Any:
     return func.date(Rating.rated_at)
 
 
-def _top_items(session: Session, *, descending: bool, limit: int) -> list[ItemCount]:
-    count = func.count().label("n")
-    per_item = (select(Rating.item_id, count, func.avg(Rating.value).label("mean"))
-                .group_by(Rating.item_id)
-                .order_by(count.desc() if descending else count.asc(), Rating.item_id)
-                .limit(limit).subquery())
-    rows = session.execute(
-        select(per_item.c.item_id, Item.external_id, Item.title, per_item.c.n, per_item.c.mean)
-        .join(Item, Item.id == per_item.c.item_id)
-        .order_by(per_item.c.n.desc() if descending else per_item.c.n.asc(), per_item.c.item_id))
-    return [ItemCount(r.item_id, r.external_id, r.title, int(r.n), float(r.mean)) for r in rows]
+def _as_date(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+def _rating_groups(session: Session) -> tuple[list[tuple[int, int]], list[tuple[date, int]], dict[int, tuple[int, float]]]:
+    """(histogram, ratings per day, item id -> (count, mean)). PostgreSQL: one scan of the ratings with
+    GROUPING SETS; elsewhere three GROUP BYs."""
+    day = _day(session).label("day")
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(
+            select(func.grouping(Rating.value, day, Rating.item_id).label("g"), Rating.value, day, Rating.item_id,
+                   func.count().label("n"), func.sum(Rating.value).label("total"))
+            .group_by(func.grouping_sets(tuple_(Rating.value), tuple_(day), tuple_(Rating.item_id)))).all()
+        # GROUPING(value, day, item_id) is a bit mask of the columns *not* grouped: 3 = by value, 5 = by day, 6 = by item.
+        histogram = sorted((int(r.value), int(r.n)) for r in rows if r.g == 3)
+        per_day = sorted((_as_date(r.day), int(r.n)) for r in rows if r.g == 5)
+        per_item = {int(r.item_id): (int(r.n), float(r.total) / int(r.n)) for r in rows if r.g == 6}
+        return histogram, per_day, per_item
+    histogram = [(int(v), int(n)) for v, n in session.execute(
+        select(Rating.value, func.count()).group_by(Rating.value).order_by(Rating.value))]
+    per_day = [(_as_date(d), int(n)) for d, n in session.execute(select(day, func.count()).group_by(day).order_by(day))]
+    per_item = {int(i): (int(n), float(m)) for i, n, m in session.execute(
+        select(Rating.item_id, func.count(), func.avg(Rating.value)).group_by(Rating.item_id))}
+    return histogram, per_day, per_item
+
+
+def _item_counts(session: Session, ranked: list[tuple[int, tuple[int, float]]]) -> list[ItemCount]:
+    names = items_by_ids(session, [i for i, _ in ranked])
+    return [ItemCount(i, names[i][0], names[i][1], n, mean) for i, (n, mean) in ranked if i in names]
 
 
 def data_overview(session: Session, *, top: int = 10) -> DataOverview:
-    histogram = [(int(v), int(n)) for v, n in session.execute(
-        select(Rating.value, func.count()).group_by(Rating.value).order_by(Rating.value))]
-    day = _day(session).label("day")
-    per_day = [(d if isinstance(d, date) else date.fromisoformat(str(d)), int(n)) for d, n in session.execute(
-        select(day, func.count()).group_by(day).order_by(day))]
+    last = session.scalar(select(func.max(Rating.ingested_at)))
+    histogram, per_day, per_item = _rating_groups(session)
+    most = sorted(per_item.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top]
+    least = sorted(per_item.items(), key=lambda kv: (kv[1][0], kv[0]))[:top]
     return DataOverview(
         users=session.scalar(select(func.count()).select_from(User)) or 0,
         items=session.scalar(select(func.count()).select_from(Item)) or 0,
         ratings=sum(n for _, n in histogram),
         histogram=histogram,
         per_day=per_day,
-        most_rated=_top_items(session, descending=True, limit=top),
-        least_rated=_top_items(session, descending=False, limit=top),
-        last_ingested_at=session.scalar(select(func.max(Rating.ingested_at))),
+        most_rated=_item_counts(session, most),
+        least_rated=_item_counts(session, least),
+        last_ingested_at=last,
     )
 
 
 class _OverviewCache:
-    """The data overview for ``ttl`` seconds, dropped early when ratings were ingested since."""
+    """The data overview, recomputed when ratings were ingested since or after ``ttl`` seconds. A stale
+    value is served at once while one background thread recomputes it (stale-while-revalidate); the login
+    page starts the first computation (``warm``), so even the first overview rarely waits for it."""
 
     def __init__(self, ttl: float):
         self.ttl = ttl
         self._lock = threading.Lock()
         self._value: DataOverview | None = None
+        self._thread: threading.Thread | None = None
 
-    def get(self, session: Session) -> DataOverview:
-        last = session.scalar(select(func.max(Rating.ingested_at)))
-        with self._lock:
-            value = self._value
-        if value is not None and value.last_ingested_at == last and time.time() - value.computed_at < self.ttl:
-            return value
-        value = data_overview(session)
+    def _compute(self, session_factory: Any) -> DataOverview:
+        with session_factory() as session:
+            value = data_overview(session)
         with self._lock:
             self._value = value
         return value
+
+    def _refresh_in_background(self, session_factory: Any) -> threading.Thread:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return self._thread
+            self._thread = threading.Thread(target=self._compute, args=(session_factory,),
+                                            name="admin-overview-refresh", daemon=True)
+            self._thread.start()
+            return self._thread
+
+    def warm(self, session_factory: Any) -> None:
+        if self._value is None:
+            self._refresh_in_background(session_factory)
+
+    def get(self, session: Session, session_factory: Any) -> tuple[DataOverview, bool]:
+        """(overview, whether a newer one is being computed)."""
+        last = session.scalar(select(func.max(Rating.ingested_at)))
+        with self._lock:
+            value = self._value
+        if value is None:
+            self._refresh_in_background(session_factory).join()
+            with self._lock:
+                value = self._value
+            return (value if value is not None else self._compute(session_factory)), False
+        if value.last_ingested_at == last and time.time() - value.computed_at < self.ttl:
+            return value, False
+        self._refresh_in_background(session_factory)
+        return value, True
 
     def clear(self) -> None:
         with self._lock:

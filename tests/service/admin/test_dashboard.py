@@ -21,8 +21,8 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 MODEL = "tiny-rbm"
-HYPERPARAMETERS = {"num_hidden": 8, "epochs": 12, "batch_size": 8, "learning_rate": 0.05, "patience": 50,
-                   "k_schedule": [[0, 1]], "engagement_hidden": 8, "engagement_epochs": 3, "seed": 3}
+HYPERPARAMETERS = {"num_hidden": 8, "epochs": 8, "batch_size": 8, "learning_rate": 0.05, "patience": 50,
+                   "k_schedule": [[0, 1]], "engagement_hidden": 8, "engagement_epochs": 2, "seed": 3}
 
 # Counts the number of painted pixels of a canvas (Chart.js draws into it).
 PAINTED = """
@@ -50,10 +50,16 @@ def seeded(database_url: str) -> Seeded:
             "name": MODEL, "kind": "rbm", "orientation": "user", "hyperparameters": HYPERPARAMETERS,
             "holdout_fraction": 0.2, "description": "browser-test model", "schedule_interval_seconds": None,
             "schedule_cron": None, "trigger_new_ratings": False, "gate": {}})
+        # Version 1 quickly (two epochs), then the definition the page's job trains.
+        model_service.update_definition(session, name=MODEL, changes={
+            "hyperparameters": {**HYPERPARAMETERS, "epochs": 2}})
         session.commit()
         definition_id = definition.id
     version = train_model_version(session_factory=db.session_factory, definition_id=definition_id, rating_scale=5)
     activate(session_factory=db.session_factory, version_id=version.id)
+    with db.session_factory() as session:
+        model_service.update_definition(session, name=MODEL, changes={"hyperparameters": HYPERPARAMETERS})
+        session.commit()
     db.dispose()
     return data
 
