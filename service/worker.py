@@ -146,7 +146,7 @@ def wait_for_schema(database: Database, stopping: threading.Event) -> None:
         delay = min(delay * 2, 30.0)
 
 
-def main(
+def run_worker(
     *,
     database_url: str | None = None,
     config: WorkerConfig = WorkerConfig(),
@@ -201,7 +201,7 @@ def _command(args) -> int:
         schedule=not args.no_schedule,
         device=args.device,
     )
-    return main(
+    return run_worker(
         database_url=args.database_url,
         config=config,
         worker_id=args.worker_id,
@@ -210,11 +210,16 @@ def _command(args) -> int:
     )
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    """``rbmrec worker [options]`` (the CLI passes its arguments through) or ``python -m service.worker``."""
     import argparse
     import sys
 
-    _parser = argparse.ArgumentParser(prog="python -m service.worker")
-    add_command(_parser.add_subparsers(dest="command", required=True))
-    _args = _parser.parse_args(["worker", *sys.argv[1:]])
-    sys.exit(_args.func(_args))
+    parser = argparse.ArgumentParser(prog="rbmrec")
+    add_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["worker", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

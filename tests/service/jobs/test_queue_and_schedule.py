@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import add_ratings, create_definition, enqueue, job, jobs, planted_ratings
+from jobtools import add_ratings, create_definition, enqueue, job, jobs, planted_ratings
 from sqlalchemy import update
 
 from service.jobs import queue, scheduler
