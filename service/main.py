@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
     for router in (ops_router, catalog_router, ratings_router, serving_router, models_router):
         app.include_router(router)
+    app.include_router(importlib.import_module("service.jobs.routes").router)  # schedules (service/jobs)
     _mount_admin(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
