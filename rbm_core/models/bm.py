@@ -373,16 +373,16 @@ class BoltzmannMachine(nn.Module):
     def gradient_step(self, positive: Tensor, negative: NegativePhase) -> None:
         """Trainer hook. Uses the clamped phase the ``TwoPhaseEstimator`` put in
         ``negative.info["clamped"]``; without one (and without lateral weights, so that any
-        block-Gibbs chain is valid) runs the mean-field clamped phase itself."""
+        block-Gibbs chain is valid) runs the mean-field clamped phase itself. The free
+        statistics use the chains' states with every unit's conditional mean given the rest."""
         clamped = negative.info.get("clamped")
         if clamped is None:
             if not self.layers_conditionally_independent:
                 raise ValueError("train a BoltzmannMachine with lateral weights with TwoPhaseEstimator")
             clamped = self.positive_phase(positive)
-        free = negative.state
-        if free.means is None or any(m is None for m in free.means):
-            free = with_conditional_means(self, free)
-        self.two_phase_grads(clamped, free)
+        # Recomputed from the final state whatever sampler made it: block Gibbs leaves the visible
+        # means one half-step stale, which would bias the Rao-Blackwellised pair statistics.
+        self.two_phase_grads(clamped, with_conditional_means(self, negative.state))
 
     def contrastive_loss(
         self,
@@ -572,8 +572,7 @@ class TwoPhaseEstimator:
         if self.state is None or self.state.visible.device != positive.device:
             self.state = sampler.init(model, self._initial_visible(model, positive, generator), generator)
         self.state = sampler.run(model, self.state, self.k, generator)
-        free = self.state if isinstance(sampler, SingleSiteGibbs) else with_conditional_means(model, self.state)
-        return NegativePhase(free, {"clamped": self.clamped_phase(model, positive, generator)})
+        return NegativePhase(self.state, {"clamped": self.clamped_phase(model, positive, generator)})
 
     def _initial_visible(self, model, positive: Tensor, generator) -> Tensor:
         n = self.num_chains or positive.shape[0]

@@ -24,6 +24,7 @@ from rbm_core.models.bm import (
     enumerated_log_marginal,
     enumerated_log_partition,
     enumerated_posterior,
+    with_conditional_means,
 )
 from rbm_core.models.rbm import RBM, RBMConfig
 from rbm_core.samplers import ChainState
@@ -274,7 +275,9 @@ class DBM(nn.Module):
         clamped = negative.info.get("clamped")
         if clamped is None:
             clamped = self.positive_phase(positive)
-        self.two_phase_grads(clamped, negative.state)
+        # Odd layers' conditional means recomputed from the final state, so the statistics do
+        # not depend on what a sampler (block Gibbs, tempering swaps) left in ``means``.
+        self.two_phase_grads(clamped, with_conditional_means(self, negative.state))
 
     def contrastive_loss(
         self,
