@@ -3,6 +3,7 @@ service's own functions (the same ones the REST API calls), rendering Jinja2 tem
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -74,10 +75,30 @@ def _safe_next(request: Request, target: str) -> str:
 
 # ---- login --------------------------------------------------------------------------------------
 
+_model_warmed = threading.Event()
+
+
+def _warm_model(state: Any) -> None:
+    """Load the most recently activated model into the service's model cache, once per process, in the
+    background (the first user page would otherwise wait for it)."""
+    if _model_warmed.is_set() or getattr(state, "model_cache", None) is None:
+        return
+    _model_warmed.set()
+
+    def run() -> None:
+        try:
+            state.model_cache.get(None)
+        except Exception:  # noqa: BLE001 - no active model yet, or a broken one: the pages report it
+            _model_warmed.clear()
+
+    threading.Thread(target=run, name="admin-model-warm", daemon=True).start()
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next: str = "") -> HTMLResponse:
-    # Start aggregating the data overview while the admin types the key.
+    # Start aggregating the data overview and loading the active model while the admin types the key.
     queries.overview_cache.warm(request.app.state.db.session_factory)
+    _warm_model(request.app.state)
     return render(request, "login.html", admin=None, title="Log in", next=next, error=None)
 
 

@@ -95,7 +95,11 @@ def fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+        if value.is_integer() and abs(value) < 1e15:
+            return f"{int(value):,}"
+        if abs(value) >= 1e4:
+            return f"{value:,.1f}"
+        if value != 0 and abs(value) < 1e-3:
             return f"{value:.{digits - 1}e}"
         return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
     return str(value)

@@ -42,6 +42,8 @@ def test_fmt_and_flat_metrics() -> None:
     assert views.fmt(0.91234) == "0.9123"
     assert views.fmt(1.38694) == "1.387"
     assert views.fmt(2.5e-5) == "2.500e-05"
+    assert views.fmt(99950.0) == "99,950"
+    assert views.fmt(123456.78) == "123,456.8"
     assert views.fmt(True) == "yes"
     flat = views.flat_metrics({"rmse": 0.9, "history": [{"epoch": 0}], "gate": {"passed": True, "pairs": 3}})
     assert flat == [("rmse", 0.9), ("gate.pairs", 3), ("gate.passed", True)]
