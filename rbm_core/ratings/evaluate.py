@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma list from {', '.join(BASELINES + tuple(RBM_PRESETS))}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device (default: CUDA if present, else CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1 by default: on a shared 2-core machine more threads ran up to 15x slower)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a RatingModelConfig field for every RBM model (JSON value)")
     parser.add_argument("--quiet", action="store_true")

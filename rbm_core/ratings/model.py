@@ -68,6 +68,7 @@ class RatingModelConfig:
     kind: str = "rbm"
     orientation: str = "item"
     num_hidden: int = 100
+    num_hidden2: int = 50
     epochs: int = 40
     batch_size: int = 32
     learning_rate: float = 0.05
@@ -79,7 +80,7 @@ class RatingModelConfig:
     k_schedule: tuple[tuple[int, int], ...] = ((0, 1), (15, 3), (25, 5), (35, 9))
     conditional: bool = False
     prediction: str = "exact"
-    layout: str = "sparse"
+    layout: str = "dense"
     init_std: float = 0.01
     patience: int = 4
     ranking: str = "engagement"
@@ -101,7 +102,7 @@ class RatingModelConfig:
             (self.prediction in ("exact", "mean_field"), f"prediction must be 'exact' or 'mean_field', got {self.prediction!r}"),
             (self.layout in ("dense", "sparse"), f"layout must be 'dense' or 'sparse', got {self.layout!r}"),
             (self.ranking in ("engagement", "rating"), f"ranking must be 'engagement' or 'rating', got {self.ranking!r}"),
-            (self.num_hidden >= 1, "num_hidden must be positive"),
+            (self.num_hidden >= 1 and self.num_hidden2 >= 1, "num_hidden and num_hidden2 must be positive"),
             (self.epochs >= 1, "epochs must be positive"),
             (self.batch_size >= 1, "batch_size must be positive"),
             (self.learning_rate > 0, "learning_rate must be positive"),
@@ -272,7 +273,7 @@ class RatingModel:
         user_index = self._user_index(user_index)
         if item_idx.numel() == 0 and (user_index is None or self.config.orientation == "user"):
             return self.item_fallback[items].to(self.dtype)
-        if self.config.kind != "rbm":
+        if self.config.kind != "rbm" and self.config.orientation == "user":
             probs = self._deep_proba(item_idx, ratings, items)
         elif self.config.orientation == "user":
             batch = _single_case(item_idx, ratings, self.config.conditional).to(self.device)
@@ -294,27 +295,36 @@ class RatingModel:
         return probs
 
     def _item_based_proba(self, item_idx: Tensor, ratings: Tensor, items: Tensor, user_index: int | None) -> Tensor:
-        fields_all = self._item_case_fields()
-        store = self._item_cases
-        batch = store.batch(items).to(self.device)
-        field = fields_all[items.to(self.device)]
-        exact = self.config.prediction == "exact"
         if user_index is not None:
-            units = torch.full_like(items, user_index).to(self.device)
-            logits = self.net.query_logits(batch, torch.arange(len(items), device=self.device), units, exact=exact, field=field)
-            return torch.softmax(logits, -1).cpu()
+            users = torch.full_like(items, user_index)
+            return self.predict_pairs(users, items, self.train_data)
         weight, bias = self.fold_in_weights(item_idx, ratings)
-        return torch.softmax(self._new_unit_logits(batch, field, weight, bias), -1).cpu()
+        return torch.softmax(self._new_unit_logits(self._unit_features(items), weight, bias), -1).cpu()
 
-    def _new_unit_logits(self, batch: CaseBatch, field: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def _unit_features(self, items: Tensor) -> Tensor:
+        """Item-based: what a new visible unit (user) sees of each item case, ``(len(items), H)``:
+        the RBM's hidden field, or a deep model's first-layer mean-field means."""
+        if self.config.kind == "rbm":
+            return self._item_case_fields()[items.to(self.device)]
+        from rbm_core.ratings.deep import case_codes, hidden_features
+
+        return hidden_features(self.net, case_codes(self.train_data.transpose(), items), self.config.mean_field_steps)
+
+    def _new_unit_logits(self, features: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """Item-based: logits of a new visible unit (weights ``(K, H)``, bias ``(K,)``) in each
-        case of ``batch`` (the unit is unobserved there; conditional r_u taken as 1)."""
-        base = field
-        if self.config.conditional:
-            pass  # the new user's D row is zero: "given rated" adds nothing
-        if self.config.prediction == "exact":
-            return F.softplus(base.unsqueeze(1) + weight).sum(-1) + bias
-        return torch.sigmoid(base) @ weight.t() + bias
+        case (the unit is unobserved there; for the conditional RBM its D row is zero, so
+        "given rated" adds nothing)."""
+        if self.config.kind != "rbm" or self.config.prediction != "exact":
+            hidden = features if self.config.kind != "rbm" else torch.sigmoid(features)
+            return hidden @ weight.t() + bias
+        return F.softplus(features.unsqueeze(1) + weight).sum(-1) + bias
+
+    def _first_layer(self) -> tuple[Tensor, Tensor]:
+        if self.config.kind == "rbm":
+            return self.net.weight, self.net.visible_bias
+        from rbm_core.ratings.deep import first_layer
+
+        return first_layer(self.net)
 
     def fold_in_weights(self, item_idx: Tensor, ratings: Tensor, iterations: int = 50) -> tuple[Tensor, Tensor]:
         """Item-based fold-in: fit a new user's ``(K, H)`` weights and ``(K,)`` biases to their
@@ -322,13 +332,12 @@ class RatingModel:
         if self.config.orientation != "item":
             raise RatingModelError("fold_in_weights applies to the item-based orientation")
         item_idx, ratings = self._known(item_idx, ratings)
-        net = self.net
-        weight0 = net.weight.detach().mean(0)
-        bias0 = net.visible_bias.detach().mean(0)
+        all_weights, all_biases = self._first_layer()
+        weight0 = all_weights.detach().mean(0)
+        bias0 = all_biases.detach().mean(0)
         if item_idx.numel() == 0:
             return weight0, bias0
-        batch = self._item_cases.batch(item_idx).to(self.device)
-        field = self._item_case_fields()[item_idx.to(self.device)]
+        features = self._unit_features(item_idx)
         target = (ratings - 1).to(self.device)
         weight = weight0.clone().requires_grad_(True)
         bias = bias0.clone().requires_grad_(True)
@@ -337,7 +346,7 @@ class RatingModel:
 
         def closure():
             optimizer.zero_grad()
-            logits = self._new_unit_logits(batch, field, weight, bias)
+            logits = self._new_unit_logits(features, weight, bias)
             loss = F.cross_entropy(logits, target, reduction="sum") + 0.5 * decay * len(target) * weight.pow(2).sum()
             loss.backward()
             return loss
@@ -465,10 +474,14 @@ class RatingModel:
         known = self.train_data if known is None else known
         users, items = users.long().cpu(), items.long().cpu()
         exact = self.config.prediction == "exact"
-        if self.config.kind != "rbm":
-            return self._deep_pairs(users, items, known)
         out = torch.empty(len(users), self.num_values, dtype=self.dtype)
-        if self.config.orientation == "user":
+        if self.config.kind != "rbm":
+            from rbm_core.ratings.deep import pair_probs
+
+            view = known if self.config.orientation == "user" else known.transpose()
+            case_of, unit_of = (users, items) if self.config.orientation == "user" else (items, users)
+            out[:] = pair_probs(self.net, view, case_of, unit_of, self.config.mean_field_steps, self.num_values)
+        elif self.config.orientation == "user":
             store = self._case_store(known, self.rated_extra)
             case_of, unit_of = users, items
         else:
@@ -476,7 +489,7 @@ class RatingModel:
             case_of, unit_of = items, users
         order = torch.argsort(case_of)
         sorted_cases = case_of[order]
-        unique_cases = torch.unique(sorted_cases)
+        unique_cases = torch.unique(sorted_cases) if self.config.kind == "rbm" else sorted_cases[:0]
         for start in range(0, len(unique_cases), chunk_cases):
             cases = unique_cases[start : start + chunk_cases]
             lo = torch.searchsorted(sorted_cases, cases[0])
@@ -540,11 +553,13 @@ class RatingModel:
         return torch.cat(out)
 
     # -- deep models (DBM / general BM) ----------------------------------------------------------
-    def _deep_proba(self, item_idx, ratings, items):
-        raise RatingModelError(f"kind {self.config.kind!r} is not available yet in this build")
+    def _deep_proba(self, item_idx: Tensor, ratings: Tensor, items: Tensor) -> Tensor:
+        """User-based deep model: mean-field p(v | the user's ratings) for ``items``."""
+        from rbm_core.ratings.deep import case_probs
 
-    def _deep_pairs(self, users, items, known):
-        raise RatingModelError(f"kind {self.config.kind!r} is not available yet in this build")
+        codes = torch.zeros(1, self.num_items, dtype=torch.long)
+        codes[0, item_idx] = ratings
+        return case_probs(self.net, codes, self.config.mean_field_steps)[0, items].to(self.dtype)
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -608,7 +623,8 @@ class RatingModel:
             if header.get("has_rated_extra"):
                 extra = RatingMatrix(tensors["extra_users"].long(), tensors["extra_items"].long(),
                                      torch.ones_like(tensors["extra_users"]).long(), train.num_users, train.num_items, train.num_values)
-            net = _build_net(config, train, dtype=tensors["net.weight"].dtype if "net.weight" in tensors else torch.float32)
+            net_dtypes = [v.dtype for k, v in tensors.items() if k.startswith("net.") and v.is_floating_point()]
+            net = _build_net(config, train, dtype=net_dtypes[0] if net_dtypes else torch.float32)
             net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
             engagement = None
             if header.get("has_engagement"):
@@ -635,9 +651,11 @@ def _single_case(item_idx: Tensor, ratings: Tensor, conditional: bool) -> CaseBa
 
 
 def _build_net(config: RatingModelConfig, train: RatingMatrix, dtype=torch.float32, device=None, generator=None):
-    if config.kind != "rbm":
-        raise RatingModelError(f"kind {config.kind!r} is not available yet in this build")
     num_units = train.num_items if config.orientation == "user" else train.num_users
+    if config.kind != "rbm":
+        from rbm_core.ratings.deep import build_deep_net
+
+        return build_deep_net(config, num_units, train.num_values, dtype=dtype, device=device, generator=generator)
     return SoftmaxRBMNet(num_units, train.num_values, config.num_hidden, config.conditional, config.init_std,
                          dtype=dtype, device=device, generator=generator)
 
@@ -789,4 +807,24 @@ def _train_engagement(train: RatingMatrix, config: RatingModelConfig, device, ge
 
 
 def _train_deep(train, config, validation, device, callback, should_stop):
-    raise RatingModelError(f"kind {config.kind!r} is not available yet in this build")
+    """DBM / general BM through rbm_core's Trainer (see ``rbm_core.ratings.deep``)."""
+    from rbm_core.ratings.deep import train_deep
+
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(config.seed)
+    net = _build_net(config, train, device=device, generator=generator)
+    model = RatingModel(config, train, net, None, None)
+    view = train if config.orientation == "user" else train.transpose()
+
+    def valid_rmse() -> float:
+        probs = model.predict_pairs(validation.users, validation.items, train)
+        expected = probs.double() @ torch.arange(1, train.num_values + 1, dtype=torch.float64)
+        return float((expected - validation.ratings.double()).pow(2).mean().sqrt())
+
+    model.history, _ = train_deep(net, view, config, validation_metric=None if validation is None else valid_rmse,
+                                  callback=callback, should_stop=should_stop, generator=generator)
+    if config.ranking == "engagement":
+        implicit = train if validation is None else train.concat(validation)
+        model.engagement = _train_engagement(implicit, config, device, generator, should_stop)
+    model.train_seconds = time.perf_counter() - started
+    return model

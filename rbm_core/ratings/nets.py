@@ -178,9 +178,10 @@ class SoftmaxRBMNet(nn.Module):
 
     # -- learning -------------------------------------------------------------------------------
     @torch.no_grad()
-    def cd_gradients(self, batch: CaseBatch, k: int, generator: torch.Generator | None, layout: str) -> dict[str, float]:
-        """Write the CD-k gradient of the mean negative log-likelihood into ``.grad``; returns the
-        batch's reconstruction squared error (sum) and count for monitoring."""
+    def cd_gradients(self, batch: CaseBatch, k: int, generator: torch.Generator | None, layout: str) -> dict:
+        """Write the CD-k gradient of the mean negative log-likelihood into ``.grad`` (that of
+        mean F(data) - mean F(negative sample), as the tests check against autograd); returns the
+        batch's reconstruction squared error (sum), rating count and the negative ratings."""
         x_pos = self.hidden_field(batch)
         p_pos = torch.sigmoid(x_pos)
         h = torch.bernoulli(p_pos, generator=generator)
@@ -219,7 +220,7 @@ class SoftmaxRBMNet(nn.Module):
                 diff = (p_neg - p_pos)[batch.rated_case]
                 grad_d.index_add_(0, batch.rated_unit, diff, alpha=scale)
             _set_grad(self.conditional_weight, grad_d)
-        return {"recon_sq": recon_sq, "count": float(len(batch.rating))}
+        return {"recon_sq": recon_sq, "count": float(len(batch.rating)), "negative_rating": rating}
 
     def _dense_visible(self, batch: CaseBatch, flat: Tensor) -> Tensor:
         v = torch.zeros(batch.size, self.num_units * self.num_values, dtype=self.weight.dtype, device=self.weight.device)
