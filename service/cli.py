@@ -85,7 +85,7 @@ def _import(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         with db.engine.begin() as connection:
-            loader = RatingLoader(connection, create_missing=not args.no_create_missing)
+            loader = RatingLoader(connection, create_missing=not args.no_create_missing, exclusive=args.exclusive)
             chunk: list = []
             for row in iter_file_rows(str(path), fmt=fmt, scale=settings.rating_scale, skip_header=args.skip_header):
                 chunk.append(row)
@@ -324,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--skip-header", action="store_true")
     imp.add_argument("--titles", help="MovieLens movies.dat or u.item, to set item titles and genres")
     imp.add_argument("--no-create-missing", action="store_true", help="fail on users/items not in the database")
+    imp.add_argument("--exclusive", action="store_true",
+                     help="PostgreSQL bulk mode for large loads: lock the ratings table for the import and rebuild its "
+                          "foreign keys and indexes once instead of checking every row (readers wait meanwhile)")
     imp.set_defaults(func=_import)
 
     train = sub.add_parser("train", help="train one version of a model now (synchronously)")

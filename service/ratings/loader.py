@@ -26,6 +26,21 @@ class LoadResult:
     items_created: int
 
 
+# The ratings table's foreign keys and secondary indexes as migrations/versions/0001_initial.py creates them.
+_DROP_RATINGS_EXTRAS = ("ALTER TABLE ratings DROP CONSTRAINT fk_ratings_user_id_users, "
+                        "DROP CONSTRAINT fk_ratings_item_id_items; "
+                        "DROP INDEX ix_ratings_item_id; DROP INDEX ix_ratings_ingested_at")
+_CREATE_RATINGS_EXTRAS = (
+    "SET LOCAL maintenance_work_mem = '256MB'",
+    "CREATE INDEX ix_ratings_item_id ON ratings (item_id)",
+    "CREATE INDEX ix_ratings_ingested_at ON ratings (ingested_at)",
+    "ALTER TABLE ratings ADD CONSTRAINT fk_ratings_user_id_users FOREIGN KEY (user_id) REFERENCES users (id) "
+    "ON DELETE CASCADE",
+    "ALTER TABLE ratings ADD CONSTRAINT fk_ratings_item_id_items FOREIGN KEY (item_id) REFERENCES items (id) "
+    "ON DELETE CASCADE",
+)
+
+
 def _sqlite_time(value: datetime | float) -> str:
     # The text form SQLAlchemy's SQLite DateTime reads back (naive UTC).
     if not isinstance(value, datetime):
@@ -36,8 +51,13 @@ def _sqlite_time(value: datetime | float) -> str:
 class RatingLoader:
     """``add(rows)`` any number of times, then ``apply()`` once; all inside ``connection``'s transaction."""
 
-    def __init__(self, connection: Connection, *, create_missing: bool = True, row_label: str = "line"):
+    def __init__(self, connection: Connection, *, create_missing: bool = True, row_label: str = "line",
+                 exclusive: bool = False):
         self.connection = connection
+        # PostgreSQL bulk mode (``rbmrec import --exclusive``): lock the ratings table, drop its foreign keys
+        # and secondary indexes, insert, then rebuild them (one validating join each instead of two
+        # foreign-key lookups per row). All inside the transaction; readers of ratings wait until it commits.
+        self.exclusive = exclusive
         self.create_missing = create_missing
         self.row_label = row_label
         self.rows = 0
@@ -102,6 +122,9 @@ class RatingLoader:
                 self._missing("users", "user_ext")
                 self._missing("items", "item_ext")
                 users = items = 0
+            if self.exclusive:
+                conn.exec_driver_sql("LOCK TABLE ratings IN ACCESS EXCLUSIVE MODE")
+                conn.exec_driver_sql(_DROP_RATINGS_EXTRAS)
             written = conn.execute(text(
                 "INSERT INTO ratings (user_id, item_id, value, rated_at, ingested_at) "
                 "SELECT DISTINCT ON (u.id, i.id) u.id, i.id, s.value, coalesce(to_timestamp(s.rated_epoch), :now), :now "
@@ -109,6 +132,9 @@ class RatingLoader:
                 "JOIN items i ON i.external_id = s.item_ext ORDER BY u.id, i.id, s.seq DESC "
                 "ON CONFLICT (user_id, item_id) DO UPDATE SET value = excluded.value, "
                 "rated_at = excluded.rated_at, ingested_at = excluded.ingested_at"), {"now": now}).rowcount
+            if self.exclusive:
+                for statement in _CREATE_RATINGS_EXTRAS:
+                    conn.exec_driver_sql(statement)
             conn.exec_driver_sql("TRUNCATE rating_staging")
         else:
             stamp = _sqlite_time(now)
@@ -137,8 +163,8 @@ class RatingLoader:
 
 
 def load_rows(connection: Connection, rows: Iterable[StagedRow], *, create_missing: bool = True,
-              row_label: str = "row", chunk: int = 10_000) -> LoadResult:
-    loader = RatingLoader(connection, create_missing=create_missing, row_label=row_label)
+              row_label: str = "row", chunk: int = 10_000, exclusive: bool = False) -> LoadResult:
+    loader = RatingLoader(connection, create_missing=create_missing, row_label=row_label, exclusive=exclusive)
     buffer: list[StagedRow] = []
     for row in rows:
         buffer.append(row)

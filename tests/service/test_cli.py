@@ -84,3 +84,26 @@ def test_sqlite_smoke(tmp_path, capsys):
         assert rating["rating"] == 4 and rating["timestamp"].endswith("Z")
         assert client.get("/v1/users/s1/recommendations?n=2", headers=headers).json()["source"] == "fold_in"
         assert client.delete("/v1/users/s1", headers=headers).status_code == 204
+
+
+def test_exclusive_bulk_import_keeps_the_constraints(tmp_path, database, service_database_url, clean, capsys):
+    first = tmp_path / "first.dat"
+    _write_movielens(first, [("1", "10", 5), ("2", "10", 4)])
+    assert main(["--database-url", service_database_url, "import", str(first)]) == 0
+    second = tmp_path / "second.dat"
+    _write_movielens(second, [("1", "10", 1), ("3", "11", 2), ("3", "11", 3)])
+    assert main(["--database-url", service_database_url, "import", str(second), "--exclusive"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["ratings_written"] == 2
+    with database.engine.begin() as conn:
+        names = set(conn.execute(text("SELECT conname FROM pg_constraint WHERE conrelid = 'ratings'::regclass")).scalars())
+        assert names == {"pk_ratings", "fk_ratings_user_id_users", "fk_ratings_item_id_items"}
+        indexes = set(conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'ratings'")).scalars())
+        assert indexes == {"pk_ratings", "ix_ratings_item_id", "ix_ratings_ingested_at"}
+        assert sorted(conn.execute(text("SELECT value FROM ratings")).scalars()) == [1, 3, 4]
+        conn.execute(text("DELETE FROM users WHERE external_id = '3'"))  # the cascade is back in place
+        assert conn.execute(text("SELECT count(*) FROM ratings")).scalar() == 2
+    bad = tmp_path / "bad.dat"
+    bad.write_text("9::10::5::1\n9::12::0::2\n")
+    assert main(["--database-url", service_database_url, "import", str(bad), "--exclusive"]) == 1
+    with database.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM users WHERE external_id = '9'")).scalar() == 0
