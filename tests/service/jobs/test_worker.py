@@ -29,6 +29,9 @@ from service.models.service import cancel_job
 from service.ratings.models import Rating
 from service.worker import Worker, WorkerConfig
 
+# Generous: these only bound how long a failing test hangs; the machine may be shared and slow.
+PATIENCE = 240
+
 DATA = dict(num_users=40, num_items=30, per_user=12)
 
 
@@ -65,7 +68,9 @@ def test_two_workers_and_one_due_schedule_make_exactly_one_run(db, start_worker)
         soon = queue.db_now(session) + timedelta(seconds=4)
     definition = create_definition(db, schedule_interval_seconds=3600, next_run_at=soon)
     workers = [start_worker(), start_worker()]
-    [run] = wait_for(lambda: [j for j in jobs(db, definition) if j.status == "succeeded"], 90, "the scheduled run")
+    [run] = wait_for(
+        lambda: [j for j in jobs(db, definition) if j.status == "succeeded"], PATIENCE, "the scheduled run"
+    )
     time.sleep(1.0)  # both workers tick a few more times past the due time
     assert all(w.process.poll() is None and "started" in w.output() for w in workers)
     assert len(jobs(db, definition)) == 1, [w.output() for w in workers]
@@ -82,16 +87,16 @@ def test_sigkill_mid_job_is_recovered_and_the_active_version_is_untouched(db, st
     _set_hyperparameters(db, definition, SLOW)
     job_id = enqueue(db, definition)
     doomed = start_worker("--lease-seconds", "2", "--heartbeat-seconds", "0.3")
-    wait_for(lambda: _running_with_progress(db, job_id), 60, "the job to be running with progress")
+    wait_for(lambda: _running_with_progress(db, job_id), PATIENCE, "the job to be running with progress")
     doomed.kill()
     stale = job(db, job_id)
     assert stale.status == "running" and stale.attempts == 1
     assert [(v.version, v.is_active) for v in versions(db, definition)] == [(1, True)]  # nothing half-written
     rescuer = start_worker("--lease-seconds", "2", "--heartbeat-seconds", "0.3")
-    requeued = wait_for(lambda: job(db, job_id).attempts == 2, 30, "the job to be reaped and claimed again")
+    requeued = wait_for(lambda: job(db, job_id).attempts == 2, PATIENCE, "the job to be reaped and claimed again")
     assert requeued
     assert _active(db, definition) == [(1, "ready")]  # still the old version while the retry runs
-    done = wait_for(lambda: job(db, job_id).status == "succeeded" and job(db, job_id), 90, "the retry to finish")
+    done = wait_for(lambda: job(db, job_id).status == "succeeded" and job(db, job_id), PATIENCE, "the retry to finish")
     assert "attempt 1 of 3 abandoned" in done.error and "requeued" in done.error
     assert [(v.version, v.is_active) for v in versions(db, definition)] == [(1, False), (2, True)]
     assert versions(db, definition)[1].training_job_id == job_id
@@ -106,7 +111,7 @@ def test_the_gate_keeps_a_bad_model_inactive_and_divergence_fails_the_job(db, st
     worker = start_worker()
     _set_hyperparameters(db, definition, {**TINY, "epochs": 1, "learning_rate": 1e-6})  # barely trained
     weak = enqueue(db, definition)
-    wait_for(lambda: job(db, weak).status not in ("queued", "running"), 90, "the weak run")
+    wait_for(lambda: job(db, weak).status not in ("queued", "running"), PATIENCE, "the weak run")
     assert job(db, weak).status == "succeeded", job(db, weak).error
     v1, v2 = versions(db, definition)
     assert v1.is_active and not v2.is_active and v2.status == "rejected"
@@ -114,7 +119,7 @@ def test_the_gate_keeps_a_bad_model_inactive_and_divergence_fails_the_job(db, st
     assert v2.reason.startswith("kept inactive by the gate: RMSE") and "active version 1" in v2.reason
     _set_hyperparameters(db, definition, {**TINY, "learning_rate": 1e4})  # the parameters blow up
     diverging = enqueue(db, definition)
-    wait_for(lambda: job(db, diverging).status not in ("queued", "running"), 90, "the diverging run")
+    wait_for(lambda: job(db, diverging).status not in ("queued", "running"), PATIENCE, "the diverging run")
     failed = job(db, diverging)
     assert failed.status == "failed" and failed.error.startswith("training diverged"), failed.error
     assert "non-finite" in failed.error
@@ -127,16 +132,16 @@ def test_ratings_arriving_during_training_wait_for_the_next_run(db, start_worker
     definition = create_definition(db, hyperparameters=SLOW)
     first = enqueue(db, definition)
     worker = start_worker("--lease-seconds", "10")
-    wait_for(lambda: _running_with_progress(db, first), 60, "the first run to be training")
+    wait_for(lambda: _running_with_progress(db, first), PATIENCE, "the first run to be training")
     late = [(1000 + u, i, 5 if i % 2 == 0 else 1) for u in range(5) for i in range(10)]
     add_ratings(db, late)
     assert job(db, first).status == "running"  # the new ratings really arrived mid-run
-    wait_for(lambda: job(db, first).status == "succeeded", 90, "the first run")
+    wait_for(lambda: job(db, first).status == "succeeded", PATIENCE, "the first run")
     [v1] = versions(db, definition)
     assert v1.rating_count == before and v1.num_users == DATA["num_users"]
     _set_hyperparameters(db, definition, TINY)
     second = enqueue(db, definition)
-    wait_for(lambda: job(db, second).status == "succeeded", 60, "the second run")
+    wait_for(lambda: job(db, second).status == "succeeded", PATIENCE, "the second run")
     v2 = versions(db, definition)[1]
     with db.session_factory() as session:
         total = session.execute(select(func.count()).select_from(Rating)).scalar_one()
@@ -152,10 +157,12 @@ def test_cancelling_a_running_job_leaves_the_active_version(db, start_worker):
     _set_hyperparameters(db, definition, {**SLOW, "epochs": 5000})
     job_id = enqueue(db, definition)
     start_worker("--lease-seconds", "5", "--heartbeat-seconds", "0.3")
-    wait_for(lambda: _running_with_progress(db, job_id), 60, "the job to be running")
+    wait_for(lambda: _running_with_progress(db, job_id), PATIENCE, "the job to be running")
     with db.session_factory.begin() as session:
         cancel_job(session, job_id=job_id)
-    cancelled = wait_for(lambda: job(db, job_id).status == "cancelled" and job(db, job_id), 30, "the cancellation")
+    cancelled = wait_for(
+        lambda: job(db, job_id).status == "cancelled" and job(db, job_id), PATIENCE, "the cancellation"
+    )
     assert "cancelled on request" in cancelled.error and cancelled.progress < 0.5
     assert [(v.version, v.is_active) for v in versions(db, definition)] == [(1, True)]
 
@@ -225,13 +232,15 @@ def test_a_database_outage_mid_job_is_waited_out(db, start_worker, jobs_database
     through_proxy = jobs_database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     assert through_proxy != jobs_database_url
     worker = start_worker("--lease-seconds", "20", "--heartbeat-seconds", "0.3", url=through_proxy)
-    wait_for(lambda: _running_with_progress(db, job_id), 60, "the job to be running")
+    wait_for(lambda: _running_with_progress(db, job_id), PATIENCE, "the job to be running")
     proxy.down()
-    wait_for(lambda: "database unreachable" in worker.output(), 20, "the worker to notice the outage")
+    wait_for(lambda: "database unreachable" in worker.output(), PATIENCE, "the worker to notice the outage")
     time.sleep(2.0)
     proxy.up()
     try:
-        done = wait_for(lambda: job(db, job_id).status == "succeeded" and job(db, job_id), 90, "the job to finish")
+        done = wait_for(
+            lambda: job(db, job_id).status == "succeeded" and job(db, job_id), PATIENCE, "the job to finish"
+        )
     except AssertionError:
         print(worker.output())
         raise
@@ -240,5 +249,5 @@ def test_a_database_outage_mid_job_is_waited_out(db, start_worker, jobs_database
     # the worker keeps serving the queue afterwards
     _set_hyperparameters(db, definition, TINY)
     again = enqueue(db, definition)
-    wait_for(lambda: job(db, again).status == "succeeded", 60, "a job after the outage")
+    wait_for(lambda: job(db, again).status == "succeeded", PATIENCE, "a job after the outage")
     proxy.down()
