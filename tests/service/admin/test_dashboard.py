@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 MODEL = "tiny-rbm"
-HYPERPARAMETERS = {"num_hidden": 8, "epochs": 8, "batch_size": 8, "learning_rate": 0.05, "patience": 50,
+HYPERPARAMETERS = {"num_hidden": 8, "epochs": 10, "batch_size": 8, "learning_rate": 0.05, "patience": 50,
                    "k_schedule": [[0, 1]], "engagement_hidden": 8, "engagement_epochs": 2, "seed": 3}
 
 # Counts the number of painted pixels of a canvas (Chart.js draws into it).
