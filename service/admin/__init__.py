@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 from pathlib import Path
 from urllib.parse import quote
 
@@ -16,7 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from service.admin.auth import CsrfFailed, LoginRequired
+from service.admin.internals import InsideCache
 from service.admin.pages import render_error, router
+from service.admin.queries import OverviewCache
 from service.errors import ApiError
 
 HERE = Path(__file__).parent
@@ -36,8 +39,12 @@ def _session_secret() -> str:
 def create_admin_app(parent: FastAPI, *, mount_path: str = "/admin") -> FastAPI:
     """The dashboard as an ASGI sub-app; mount it with ``parent.mount(mount_path, ...)``."""
     app = FastAPI(title="rbmrec admin", docs_url=None, redoc_url=None, openapi_url=None)
-    # Share the parent's state (database, key cache, model cache) so the service's dependencies work here.
+    # Share the parent's state (database, key cache, model cache) so the service's dependencies work here;
+    # the dashboard's own caches live there too, one set per app (and so per database).
     app.state = parent.state
+    parent.state.admin_overview = OverviewCache(ttl=30.0)
+    parent.state.admin_inside = InsideCache(size=16)
+    parent.state.admin_model_warmed = threading.Event()
     app.add_middleware(SessionMiddleware, secret_key=_session_secret(), session_cookie=SESSION_COOKIE,
                        max_age=8 * 3600, path=mount_path, same_site="strict",
                        https_only=os.environ.get("ADMIN_COOKIE_SECURE", "") in ("1", "true", "yes"))

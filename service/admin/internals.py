@@ -1,6 +1,6 @@
 """What a model version has learned, made visible: for each hidden unit the items that excite it most,
 and the distributions of weights and biases. Versions are immutable, so each view is computed once per
-version and kept in a small per-process LRU cache."""
+version and kept in a small LRU cache per app (``InsideCache``)."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def compute(session: Session, version: ModelVersion) -> Inside:
     return inside
 
 
-class _InsideCache:
+class InsideCache:
     def __init__(self, size: int):
         self.size = size
         self._lock = threading.Lock()
@@ -131,6 +131,3 @@ class _InsideCache:
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
         return inside
-
-
-inside_cache = _InsideCache(size=16)

@@ -15,7 +15,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from service.admin import charts, internals, queries, views
+from service.admin import charts, queries, views
 from service.admin.auth import check_csrf, csrf_token, current_admin, log_in, log_out
 from service.admin.deps import get_db
 from service.auth import service as auth_service
@@ -75,21 +75,19 @@ def _safe_next(request: Request, target: str) -> str:
 
 # ---- login --------------------------------------------------------------------------------------
 
-_model_warmed = threading.Event()
-
-
 def _warm_model(state: Any) -> None:
-    """Load the most recently activated model into the service's model cache, once per process, in the
+    """Load the most recently activated model into the service's model cache, once per app, in the
     background (the first user page would otherwise wait for it)."""
-    if _model_warmed.is_set() or getattr(state, "model_cache", None) is None:
+    warmed: threading.Event = state.admin_model_warmed
+    if warmed.is_set() or getattr(state, "model_cache", None) is None:
         return
-    _model_warmed.set()
+    warmed.set()
 
     def run() -> None:
         try:
             state.model_cache.get(None)
         except Exception:  # noqa: BLE001 - no active model yet, or a broken one: the pages report it
-            _model_warmed.clear()
+            warmed.clear()
 
     threading.Thread(target=run, name="admin-model-warm", daemon=True).start()
 
@@ -97,7 +95,7 @@ def _warm_model(state: Any) -> None:
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next: str = "") -> HTMLResponse:
     # Start aggregating the data overview and loading the active model while the admin types the key.
-    queries.overview_cache.warm(request.app.state.db.session_factory)
+    request.app.state.admin_overview.warm(request.app.state.db.session_factory)
     _warm_model(request.app.state)
     return render(request, "login.html", admin=None, title="Log in", next=next, error=None)
 
@@ -131,7 +129,7 @@ async def logout(request: Request) -> Response:
 
 @router.get("/", response_class=HTMLResponse)
 def overview(request: Request, admin: Admin, db: Db) -> HTMLResponse:
-    data, refreshing = queries.overview_cache.get(db, request.app.state.db.session_factory)
+    data, refreshing = request.app.state.admin_overview.get(db, request.app.state.db.session_factory)
     histogram = charts.bar([str(v) for v, _ in data.histogram], [n for _, n in data.histogram],
                            label="ratings", x_title="rating", y_title="ratings")
     per_day = charts.lines([d.isoformat() for d, _ in data.per_day], {"ratings per day": [n for _, n in data.per_day]},
@@ -213,7 +211,7 @@ def _version_and_name(db: Session, version_id: int) -> tuple[ModelVersion, Model
 @router.get("/versions/{version_id}", response_class=HTMLResponse)
 def version(version_id: int, request: Request, admin: Admin, db: Db) -> HTMLResponse:
     found, definition = _version_and_name(db, version_id)
-    inside = internals.inside_cache.get(db, found)
+    inside = request.app.state.admin_inside.get(db, found)
     history = (found.metrics or {}).get("history")
     curves = _curves(history if isinstance(history, list) else [])
     return render(request, "version.html", admin=admin, section="Models", title=f"{definition.name} v{found.version}",

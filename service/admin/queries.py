@@ -1,6 +1,6 @@
 """Read-side queries for the dashboard's aggregates: every count, histogram and top-N is computed by
 the database (GROUP BY, one row per group), never by loading rating rows into Python. The overview is cached
-per process and refreshed in the background (see ``_OverviewCache``)."""
+per process and refreshed in the background (see ``OverviewCache``)."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def data_overview(session: Session, *, top: int = 10) -> DataOverview:
     )
 
 
-class _OverviewCache:
+class OverviewCache:
     """The data overview, recomputed when ratings were ingested since or after ``ttl`` seconds. A stale
     value is served at once while one background thread recomputes it (stale-while-revalidate); the login
     page starts the first computation (``warm``), so even the first overview rarely waits for it."""
@@ -146,7 +146,6 @@ class _OverviewCache:
             self._value = None
 
 
-overview_cache = _OverviewCache(ttl=30.0)
 
 
 def version_counts(session: Session) -> dict[int, tuple[int, int | None]]:
