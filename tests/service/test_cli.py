@@ -107,3 +107,28 @@ def test_exclusive_bulk_import_keeps_the_constraints(tmp_path, database, service
     assert main(["--database-url", service_database_url, "import", str(bad), "--exclusive"]) == 1
     with database.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM users WHERE external_id = '9'")).scalar() == 0
+
+
+def test_copy_fast_path_chunks_and_names_lines(database, clean):
+    """MovieLens bytes go to COPY in chunks; a bad line is named by its number in the file, whichever chunk."""
+    import io
+
+    import pytest
+
+    from service.errors import ApiError
+    from service.ratings.loader import RatingLoader
+
+    good = b"".join(f"{u}::{i}::{1 + (u + i) % 5}::{u * 100 + i}\n".encode() for u in range(1, 6) for i in range(1, 5))
+    with database.engine.begin() as conn:
+        loader = RatingLoader(conn)
+        loader.add_delimited_file(io.BytesIO(good + b"5::4::2::9"), separator=b"::", scale=5, chunk_bytes=16)
+        result = loader.apply()
+    assert result.rows == 21 and result.ratings_written == 20  # the last line repeats (5, 4): it wins
+    with database.engine.connect() as conn:
+        assert conn.execute(text("SELECT r.value FROM ratings r JOIN users u ON u.id = r.user_id JOIN items i "
+                                 "ON i.id = r.item_id WHERE u.external_id = '5' AND i.external_id = '4'")).scalar() == 2
+    for bad, line in [(b"1::1::x::1\n", 21), (b"1::1::1\n", 21), (b"1::1::7::1\n", 21), (b"\n", 21),
+                      (b"1::a/b::3::1\n", 21)]:
+        with database.engine.begin() as conn, pytest.raises(ApiError) as caught:
+            RatingLoader(conn).add_delimited_file(io.BytesIO(good + bad), separator=b"::", scale=5, chunk_bytes=16)
+        assert caught.value.status == 422 and caught.value.message.startswith(f"line {line}:"), caught.value.message
