@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from rbm_core.models.dbm import DBM
 from rbm_core.models.rbm import RBM, base_rate_bias
 
 
@@ -111,9 +112,12 @@ def _parameters_like(model) -> Tensor:
 
 
 def _even_energy(model, layers: Sequence[Tensor], odd: Sequence[int]) -> Tensor:
-    """E(x) with the odd layers at zero: the even layers' own terms, per sample."""
+    """E(x) with the odd layers at zero: the even layers' own terms, per sample (for an RBM and
+    a DBM just their bias terms, since even layers never touch each other)."""
     if isinstance(model, RBM):
         return -(model.visible.flatten(layers[0]) @ model.visible_bias)
+    if isinstance(model, DBM):
+        return -sum(model._flat(i, layers[i]) @ model.biases[i] for i in range(0, len(layers), 2))
     zeroed = [torch.zeros_like(x) if i in odd else x for i, x in enumerate(layers)]
     return model.energy(zeroed)
 
