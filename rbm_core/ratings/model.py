@@ -217,8 +217,11 @@ class RatingModel:
     def _case_store(self, data: RatingMatrix, extra: RatingMatrix | None) -> CaseStore:
         rated = None
         if self.config.conditional:
-            both = data if extra is None else data.concat(extra)
-            rated = (both.users, both.items)
+            users, items = data.users, data.items
+            if extra is not None:  # the union: extra pairs may already be among the known ratings
+                key = torch.unique(torch.cat([users, extra.users]) * data.num_items + torch.cat([items, extra.items]))
+                users, items = key // data.num_items, key % data.num_items
+            rated = (users, items)
         return CaseStore(data.num_users, data.users, data.items, data.ratings, rated)
 
     def _item_case_fields(self) -> Tensor:
