@@ -35,8 +35,8 @@ RBM_PRESETS: dict[str, dict[str, Any]] = {
     "rbm-user": {"orientation": "user"},
     "crbm-item": {"orientation": "item", "conditional": True},
     "crbm-user": {"orientation": "user", "conditional": True},
-    "dbm-item": {"kind": "dbm", "orientation": "item"},
-    "bm-item": {"kind": "bm", "orientation": "item"},
+    "dbm-item": {"kind": "dbm", "orientation": "item", "init_std": 0.1, "learning_rate": 0.3},
+    "bm-item": {"kind": "bm", "orientation": "item", "init_std": 0.1, "learning_rate": 0.3},
 }
 BASELINES = ("global-mean", "biases", "mf", "popularity")
 DEFAULT_MODELS = ("global-mean", "biases", "mf", "popularity", "rbm-item", "rbm-user", "crbm-item", "crbm-user")

@@ -63,7 +63,9 @@ _ORIENTATIONS = ("user", "item")
 class RatingModelConfig:
     """Hyperparameters of a rating model. ``k_schedule``: ((first_epoch, k), ...) CD steps by
     epoch (1 → 3 → 5 → 9); ``learning_rate`` decays by ``lr_decay`` per epoch; early stopping
-    watches validation RMSE with ``patience`` epochs and restores the best weights."""
+    watches validation RMSE with ``patience`` epochs and restores the best weights.
+    ``averaging`` > 0 evaluates and keeps an exponential moving average of the parameters
+    (decay per mini-batch), which smooths the noise of the CD updates."""
 
     kind: str = "rbm"
     orientation: str = "item"
@@ -82,6 +84,7 @@ class RatingModelConfig:
     prediction: str = "exact"
     layout: str = "dense"
     init_std: float = 0.01
+    averaging: float = 0.0
     patience: int = 4
     ranking: str = "engagement"
     ranking_weight: float = 1.0
@@ -112,6 +115,7 @@ class RatingModelConfig:
             (len(schedule) > 0 and all(len(p) == 2 and p[1] >= 1 for p in schedule) and schedule[0][0] == 0,
              "k_schedule must be ((0, k0), (epoch, k), ...) with every k >= 1"),
             (self.patience >= 1, "patience must be positive"),
+            (0 <= self.averaging < 1, "averaging must lie in [0, 1)"),
             (self.engagement_hidden >= 1 and self.engagement_epochs >= 1, "engagement sizes must be positive"),
             (self.mean_field_steps >= 1, "mean_field_steps must be positive"),
             (self.fallback_prior >= 0, "fallback_prior must be non-negative"),
@@ -723,6 +727,8 @@ def train_rating_model(
         {"params": others, "weight_decay": 0.0},
     ], lr=config.learning_rate, momentum=config.initial_momentum)
     stopper = EarlyStopping("valid_rmse", patience=config.patience) if validation is not None else None
+    averaged = {n: p.detach().clone() for n, p in net.named_parameters()} if config.averaging > 0 else None
+    raw = None
     active = torch.nonzero(store.counts() > 0)[:, 0]
     metric_sample = active[torch.randperm(len(active), generator=generator)[:2000]]
     for epoch in range(config.epochs):
@@ -735,13 +741,22 @@ def train_rating_model(
         order = active[torch.randperm(len(active), generator=generator)]
         net.train()
         recon_sq = recon_n = 0.0
+        if averaged is not None and raw is not None:
+            _swap(net, raw)  # continue training from the raw parameters
         for start in range(0, len(order), config.batch_size):
             batch = store.batch(order[start : start + config.batch_size]).to(device)
             stats = net.cd_gradients(batch, k, device_generator, config.layout)
             recon_sq += stats["recon_sq"]
             recon_n += stats["count"]
             optimizer.step()
+            if averaged is not None:
+                with torch.no_grad():
+                    for name, param in net.named_parameters():
+                        averaged[name].mul_(config.averaging).add_(param, alpha=1 - config.averaging)
         check_finite_parameters(net, f"in epoch {epoch}")
+        if averaged is not None:  # evaluate (and keep) the averaged parameters
+            raw = {name: param.detach().clone() for name, param in net.named_parameters()}
+            _swap(net, averaged)
         net.eval()
         model._item_fields = None
         metrics = {"epoch": float(epoch), "k": float(k), "learning_rate": lr,
@@ -771,6 +786,12 @@ def train_rating_model(
         model.engagement = _train_engagement(implicit, config, device, generator, should_stop)
     model.train_seconds = time.perf_counter() - started
     return model
+
+
+@torch.no_grad()
+def _swap(net, values: dict[str, Tensor]) -> None:
+    for name, param in net.named_parameters():
+        param.copy_(values[name])
 
 
 @torch.no_grad()
