@@ -14,7 +14,7 @@ from starlette.requests import Request
 from service.auth.service import KeyCache
 from service.config import Settings, get_settings
 from service.db import Database
-from service.errors import error_body, install_error_handlers
+from service.errors import ApiError, error_body, install_error_handlers
 from service.ops.metrics import MetricsMiddleware, ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,44 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         app.include_router(router)
     app.include_router(importlib.import_module("service.jobs.routes").router)  # schedules (service/jobs)
     _mount_admin(app)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+class BodyLimitMiddleware:
+    """Any request body above MAX_UPLOAD_BYTES gets 413 in the error shape: at once when Content-Length says so,
+    else as soon as the streamed body passes the limit (raised inside the route, so the error handler renders it)."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                from fastapi.responses import JSONResponse
+
+                response = JSONResponse(error_body(413, "payload_too_large",
+                                                   f"request body of {int(value)} bytes exceeds the limit of {self.limit} bytes"),
+                                        status_code=413)
+                await response(scope, receive, send)
+                return
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise ApiError(413, f"request body exceeds the limit of {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
 
 
 def _mount_admin(app: FastAPI) -> None:

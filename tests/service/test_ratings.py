@@ -131,3 +131,10 @@ def test_ratings_auth(client, admin, reader):
     assert client.get("/v1/users/u1/ratings", headers=reader).status_code == 200
     _error(client.get("/v1/users/u1/ratings"), 401)
     _error(client.delete("/v1/users/u1/ratings/i1", headers=reader), 403)
+
+
+def test_oversized_json_body(client, admin, database):
+    rows = [{"user": f"user-with-a-long-name-{i}", "item": f"item-{i}", "rating": 3} for i in range(49)]
+    body = {"ratings": rows, "padding": "x" * 5000}  # over the tests' 4096-byte limit before any validation
+    _error(client.post("/v1/ratings/batch", json=body, headers=admin), 413)
+    assert _count(database) == 0
