@@ -168,8 +168,7 @@ class Trainer:
     def fit(self, train: Tensor, valid: Tensor | None = None) -> History:
         """Train on raw data rows ``train`` (validated up front); ``valid`` feeds the metrics."""
         device = self.device
-        self.model.encode(train[: min(len(train), 4096)])  # fail fast on bad data
-        train_all = self.model.encode(train)
+        train_all = self.model.encode(train)  # validates: bad data fails before any update
         valid_state = None if valid is None else self.model.encode(valid)
         metric_gen = torch.Generator().manual_seed(0)
         metric_rows = torch.randperm(len(train_all), generator=metric_gen)[: self.metric_rows].to(device)

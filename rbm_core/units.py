@@ -71,10 +71,12 @@ class BernoulliUnits:
             raise InvalidInputError(
                 f"expected Bernoulli data of shape (batch, {self.size}), got {tuple(data.shape)}"
             )
-        _check_finite(data, "Bernoulli data")
-        if not bool(((data == 0) | (data == 1)).all()):
-            bad = data[(data != 0) & (data != 1)][0].item()
-            raise InvalidInputError(f"Bernoulli data must be 0 or 1, found {bad!r}")
+        if data.dtype != torch.bool:
+            # one pass finds any entry that is neither 0 nor 1 (NaN included); diagnose only then
+            outside = (data != 0) & (data != 1)
+            if bool(outside.any()):
+                _check_finite(data, "Bernoulli data")
+                raise InvalidInputError(f"Bernoulli data must be 0 or 1, found {data[outside][0].item()!r}")
         return data.to(dtype)
 
     def mask(self, x: Tensor) -> Tensor | None:
