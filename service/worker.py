@@ -146,6 +146,29 @@ def wait_for_schema(database: Database, stopping: threading.Event) -> None:
         delay = min(delay * 2, 30.0)
 
 
+# libpq settings so that a silently vanished server (no RST: a cut cable, a dead VM) shows up as an error
+# within about half a minute instead of a read blocked for many minutes; the worker then waits and reconnects.
+TCP_TIMEOUTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+
+
+def with_tcp_timeouts(url: str) -> str:
+    """``url`` with ``TCP_TIMEOUTS`` added (PostgreSQL only; settings already in the URL win)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return url
+    query = {**TCP_TIMEOUTS, **parsed.query}
+    return parsed.update_query_dict(query).render_as_string(hide_password=False)
+
+
 def run_worker(
     *,
     database_url: str | None = None,
@@ -158,7 +181,7 @@ def run_worker(
 
     settings = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    database = Database(database_url or settings.database_url, pool_size=2)
+    database = Database(with_tcp_timeouts(database_url or settings.database_url), pool_size=2)
     if config.rating_scale is None:
         config = WorkerConfig(**{**config.__dict__, "rating_scale": settings.rating_scale})
     if config.device is None and settings.device:

@@ -105,10 +105,11 @@ class Lease(threading.Thread):
                 beat = queue.heartbeat(session, claim=self.claim, lease_seconds=self.lease_seconds)
                 if beat.owned and pending is not None:
                     queue.record_progress(session, claim=self.claim, progress=pending[0], metrics=pending[1])
-        except (OperationalError, DBAPIError) as exc:
-            if not is_connection_error(exc):
-                raise
-            log.warning("job %d: heartbeat failed, database unreachable; will retry", self.claim.job_id)
+        except Exception as exc:  # the lease thread must outlive any one failed beat
+            if is_connection_error(exc):
+                log.warning("job %d: heartbeat failed, database unreachable; will retry", self.claim.job_id)
+            else:
+                log.exception("job %d: heartbeat failed; will retry", self.claim.job_id)
             with self._lock:
                 if self._progress is None:
                     self._progress = pending  # keep it for the next beat
@@ -125,6 +126,7 @@ class Lease(threading.Thread):
             if self._stopped.is_set():
                 break
             self.beat()
+            self._stopped.wait(0.2)  # at most five progress writes a second, however short the epochs
 
     def stop(self) -> None:
         self._stopped.set()
