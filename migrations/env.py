@@ -5,6 +5,7 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
+
 from service.config import Settings
 from service.db import make_engine
 from service.tables import Base

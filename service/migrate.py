@@ -12,7 +12,6 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 
-
 def _project_root() -> Path:
     """Where alembic.ini and migrations/ live: next to the service package (a checkout or editable install),
     else the working directory (an installed package run from the project folder, as in the Docker image)."""

@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
 from datetime import UTC, datetime
+from typing import BinaryIO
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection

@@ -46,5 +46,15 @@ def pairs_for_user(session: Session, *, user_id: int) -> list[tuple[int, int]]:
         select(Rating.item_id, Rating.value).where(Rating.user_id == user_id))]
 
 
+def user_pairs(session: Session, *, external_id: str) -> tuple[int | None, list[tuple[int, int]]]:
+    """(users.id or None if unknown, [(item id, value), ...]) in one round trip: users LEFT JOIN ratings."""
+    rows = session.execute(
+        select(User.id, Rating.item_id, Rating.value).outerjoin(Rating, Rating.user_id == User.id)
+        .where(User.external_id == external_id)).all()
+    if not rows:
+        return None, []
+    return rows[0][0], [(r[1], r[2]) for r in rows if r[1] is not None]
+
+
 def delete_one(session: Session, *, user_id: int, item_id: int) -> int:
     return session.execute(delete(Rating).where(Rating.user_id == user_id, Rating.item_id == item_id)).rowcount

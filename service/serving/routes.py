@@ -15,9 +15,9 @@ from service.serving.schemas import (
     AdHocRecommendationIn,
     PredictionsIn,
     PredictionsOut,
+    RecommendationsOut,
     ReconstructionIn,
     ReconstructionOut,
-    RecommendationsOut,
 )
 
 router = APIRouter(prefix="/v1", tags=["recommendations"])

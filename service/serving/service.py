@@ -11,9 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.catalog import repository as catalog_repository
-from service.catalog import service as catalog
-from service.catalog.models import Item, User
-from service.errors import ApiError
+from service.catalog.models import Item
+from service.errors import ApiError, not_found
 from service.ratings import repository as ratings_repository
 from service.serving.cache import LoadedModel
 
@@ -46,8 +45,10 @@ def _encode(loaded: LoadedModel, pairs: list[tuple[int, int]], user: str | None,
 
 
 def known_for_user(session: Session, loaded: LoadedModel, user: str) -> Known:
-    user_id = catalog.require_id(session, model=User, external_id=user)
-    return _encode(loaded, ratings_repository.pairs_for_user(session, user_id=user_id), user, user_id)
+    user_id, pairs = ratings_repository.user_pairs(session, external_id=user)
+    if user_id is None:
+        raise not_found("user", user)
+    return _encode(loaded, pairs, user, user_id)
 
 
 def known_ad_hoc(session: Session, loaded: LoadedModel, ratings: list[dict], scale: int) -> Known:

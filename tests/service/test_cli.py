@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
+from conftest import TINY, planted_ratings
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
-from conftest import TINY, planted_ratings
 from service.cli import main
 from service.config import Settings
 from service.ratings.models import Rating

@@ -4,11 +4,11 @@ training jobs; the training function's snapshot and evaluation."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import TINY, define_and_train, load_planted
+from test_catalog import _error
+
 from rbm_core.ratings import RatingModel
 from service.models.training import NoRatings, train_model_version
-from test_catalog import _error
 
 DEFINITION = {"name": "m1", "kind": "rbm", "orientation": "user", "hyperparameters": {"num_hidden": 8, "epochs": 2}}
 

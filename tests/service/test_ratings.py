@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
+from test_catalog import _error
 
 from service.ratings.models import Rating
-from test_catalog import _error
 
 
 def _count(database) -> int:

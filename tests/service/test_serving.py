@@ -4,11 +4,11 @@ model computes from the user's ratings; fold-in for users the model never saw; t
 from __future__ import annotations
 
 import torch
-
 from conftest import define_and_train
+from test_catalog import _error
+
 from rbm_core.ratings import RatingModel
 from service.models.models import ModelVersion
-from test_catalog import _error
 
 
 def _stored_model(database, version_id: int):

@@ -64,10 +64,12 @@ def _running_with_progress(db, job_id: int):
 
 def test_two_workers_and_one_due_schedule_make_exactly_one_run(db, start_worker):
     _seed(db)
-    with db.session_factory() as session:
-        soon = queue.db_now(session) + timedelta(seconds=4)
-    definition = create_definition(db, schedule_interval_seconds=3600, next_run_at=soon)
+    definition = create_definition(db, schedule_interval_seconds=3600)
     workers = [start_worker(), start_worker()]
+    wait_for(lambda: all("started" in w.output() for w in workers), PATIENCE, "both workers to be polling")
+    with db.session_factory.begin() as session:  # due one second from now, with both workers ticking
+        soon = queue.db_now(session) + timedelta(seconds=1)
+        session.get(ModelDefinition, definition).next_run_at = soon
     [run] = wait_for(
         lambda: [j for j in jobs(db, definition) if j.status == "succeeded"], PATIENCE, "the scheduled run"
     )
