@@ -85,7 +85,11 @@ def _import(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         with db.engine.begin() as connection:
-            loader = RatingLoader(connection, create_missing=not args.no_create_missing, exclusive=args.exclusive)
+            exclusive = args.exclusive
+            if exclusive is None:  # auto: bulk mode for an initial load into an empty ratings table
+                exclusive = connection.dialect.name == "postgresql" and not connection.exec_driver_sql(
+                    "SELECT EXISTS (SELECT 1 FROM ratings)").scalar()
+            loader = RatingLoader(connection, create_missing=not args.no_create_missing, exclusive=exclusive)
             if loader.postgresql and fmt in ("movielens", "movielens-100k") and not args.skip_header:
                 # COPY the file's bytes straight into the staging table; the checks run in SQL.
                 with open(path, "rb") as handle:
@@ -107,7 +111,8 @@ def _import(args: argparse.Namespace) -> int:
     except ApiError as exc:
         return _fail(f"{path}: {exc.message}; nothing was imported")
     elapsed = time.perf_counter() - started
-    print(json.dumps({"file": str(path), "format": fmt, **result.__dict__, "seconds": round(elapsed, 3),
+    print(json.dumps({"file": str(path), "format": fmt, "exclusive": bool(exclusive), **result.__dict__,
+                      "seconds": round(elapsed, 3),
                       "stage_seconds": round(staged - started, 3),
                       "rows_per_second": round(result.rows / elapsed) if elapsed > 0 else None}))
     return 0
@@ -331,9 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--skip-header", action="store_true")
     imp.add_argument("--titles", help="MovieLens movies.dat or u.item, to set item titles and genres")
     imp.add_argument("--no-create-missing", action="store_true", help="fail on users/items not in the database")
-    imp.add_argument("--exclusive", action="store_true",
+    imp.add_argument("--exclusive", action=argparse.BooleanOptionalAction, default=None,
                      help="PostgreSQL bulk mode for large loads: lock the ratings table for the import and rebuild its "
-                          "foreign keys and indexes once instead of checking every row (readers wait meanwhile)")
+                          "foreign keys and indexes once instead of checking every row (readers wait meanwhile); "
+                          "default: on when the ratings table is empty")
     imp.set_defaults(func=_import)
 
     train = sub.add_parser("train", help="train one version of a model now (synchronously)")
