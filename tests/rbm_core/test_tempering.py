@@ -233,7 +233,7 @@ def test_estimator_gradient_matches_exact_gradient():
         assert torch.allclose(p.grad, exact_grad, atol=0.02), (p.grad - exact_grad).abs().max()
 
 
-@pytest.mark.parametrize("kind", ["rbm", "dbm"])
+@pytest.mark.parametrize("kind", ["rbm", "dbm", "bm"])
 def test_trainer_uses_parallel_tempering(kind):
     """PT as the trainer's negative phase raises the exact log-likelihood of a tiny model."""
     g = torch.Generator().manual_seed(0)
@@ -243,8 +243,10 @@ def test_trainer_uses_parallel_tempering(kind):
     if kind == "rbm":
         model = RBM(RBMConfig(6, 3), dtype=torch.float64, generator=g)
         model.init_visible_bias_from_data(data)
-    else:
+    elif kind == "dbm":
         model = DBM(DBMConfig(6, (3, 2), init_std=0.1), dtype=torch.float64, generator=g)
+    else:  # lateral weights: single-site Gibbs at each β, mean-field clamped phase supplied by PT
+        model = BoltzmannMachine(BMConfig(6, 2, init_std=0.1), dtype=torch.float64, generator=g)
 
     def log_likelihood():
         if kind == "rbm":
