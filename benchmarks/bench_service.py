@@ -165,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
             result["load"][str(clients)] = level
             print(f"{clients:>3} clients: {level['requests_per_second']:.0f} req/s, p50 {level['p50_ms']:.1f} ms, "
                   f"p99 {level['p99_ms']:.1f} ms, non-2xx {level['non_2xx']}", flush=True)
+        # Reference in the same run: the cheapest endpoint (no database, no model) through the same processes at
+        # 8 clients, i.e. what the HTTP stack alone manages on this machine right now.
+        out = subprocess.run(["wrk", "-t", "2", "-c", "8", "-d", f"{args.duration}s", "--latency", base + "/health/live"],
+                             capture_output=True, text=True).stdout
+        result["reference_health_live_8_clients"] = parse_wrk(out)
+        print(f"reference /health/live at 8 clients: {result['reference_health_live_8_clients']['requests_per_second']:.0f} "
+              f"req/s", flush=True)
+        result["load_average_at_end"] = os.getloadavg()
     finally:
         server.terminate()
         server.wait(timeout=30)
