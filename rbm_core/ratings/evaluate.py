@@ -31,15 +31,18 @@ from rbm_core.ratings.model import RatingModel, RatingModelConfig, train_rating_
 
 # Tuned on ML-100K / ML-1M validation data (the 10% carved from the training part).
 RBM_PRESETS: dict[str, dict[str, Any]] = {
-    "rbm-item": {"orientation": "item"},
-    "rbm-user": {"orientation": "user"},
-    "crbm-item": {"orientation": "item", "conditional": True},
-    "crbm-user": {"orientation": "user", "conditional": True},
-    "dbm-item": {"kind": "dbm", "orientation": "item", "init_std": 0.1, "learning_rate": 0.3},
-    "bm-item": {"kind": "bm", "orientation": "item", "init_std": 0.1, "learning_rate": 0.3},
+    "rbm-item": {"orientation": "item", "num_hidden": 200},
+    "rbm-user": {"orientation": "user", "num_hidden": 200, "batch_size": 16, "learning_rate": 0.2},
+    "crbm-item": {"orientation": "item", "num_hidden": 200, "conditional": True},
+    "crbm-user": {"orientation": "user", "num_hidden": 200, "batch_size": 16, "learning_rate": 0.2, "conditional": True},
+    "dbm-item": {"kind": "dbm", "orientation": "item", "num_hidden": 100, "init_std": 0.1, "learning_rate": 0.3,
+                 "averaging": 0.0, "mean_field_steps": 10},
+    "bm-item": {"kind": "bm", "orientation": "item", "num_hidden": 100, "init_std": 0.1, "learning_rate": 0.3,
+                "averaging": 0.0, "mean_field_steps": 10},
 }
 BASELINES = ("global-mean", "biases", "mf", "popularity")
-DEFAULT_MODELS = ("global-mean", "biases", "mf", "popularity", "rbm-item", "rbm-user", "crbm-item", "crbm-user")
+DEFAULT_MODELS = ("global-mean", "biases", "mf", "popularity", "rbm-item", "rbm-user", "crbm-item", "crbm-user",
+                  "dbm-item", "bm-item")
 
 
 def _baseline(name: str, seed: int):
