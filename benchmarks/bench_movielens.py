@@ -11,7 +11,6 @@ bias and MF baselines' (measured in the same run) and the layout timings.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -23,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rbm_core.ratings import evaluate as harness  # noqa: E402
 from rbm_core.ratings.data import load_ratings, split_random  # noqa: E402
-from rbm_core.ratings.model import RatingModelConfig  # noqa: E402
 from rbm_core.ratings.nets import CaseStore, SoftmaxRBMNet  # noqa: E402
 
 

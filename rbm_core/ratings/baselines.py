@@ -16,7 +16,7 @@ from rbm_core.ratings.data import RatingMatrix
 class GlobalMean:
     name = "global mean"
 
-    def fit(self, train: RatingMatrix, validation: RatingMatrix | None = None) -> "GlobalMean":
+    def fit(self, train: RatingMatrix, validation: RatingMatrix | None = None) -> GlobalMean:
         self.mu = train.mean
         return self
 
@@ -33,7 +33,7 @@ class Biases:
     def __init__(self, reg_user: float = 5.0, reg_item: float = 10.0, iterations: int = 15) -> None:
         self.reg_user, self.reg_item, self.iterations = reg_user, reg_item, iterations
 
-    def fit(self, train: RatingMatrix, validation: RatingMatrix | None = None) -> "Biases":
+    def fit(self, train: RatingMatrix, validation: RatingMatrix | None = None) -> Biases:
         r = train.ratings.double()
         self.mu = float(r.mean())
         nu = train.user_counts().double()
@@ -65,7 +65,7 @@ class BiasedMF:
         self.factors, self.learning_rate, self.reg = factors, learning_rate, reg
         self.epochs, self.batch_size, self.patience, self.seed = epochs, batch_size, patience, seed
 
-    def fit(self, train: RatingMatrix, validation: RatingMatrix | None = None) -> "BiasedMF":
+    def fit(self, train: RatingMatrix, validation: RatingMatrix | None = None) -> BiasedMF:
         g = torch.Generator().manual_seed(self.seed)
         self.mu = train.mean
         self.top = float(train.num_values)
@@ -115,7 +115,7 @@ class Popularity:
 
     name = "popularity"
 
-    def fit(self, train: RatingMatrix, validation: RatingMatrix | None = None) -> "Popularity":
+    def fit(self, train: RatingMatrix, validation: RatingMatrix | None = None) -> Popularity:
         self.counts = train.item_counts().double()
         return self
 

@@ -79,7 +79,7 @@ class RatingMatrix:
     def mean(self) -> float:
         return float(self.ratings.double().mean()) if len(self) else (1 + self.num_values) / 2
 
-    def subset(self, selection: Tensor) -> "RatingMatrix":
+    def subset(self, selection: Tensor) -> RatingMatrix:
         """The ratings at a boolean mask or an index tensor, same index space."""
         return RatingMatrix(
             self.users[selection],
@@ -93,7 +93,7 @@ class RatingMatrix:
             None if self.timestamps is None else self.timestamps[selection],
         )
 
-    def concat(self, other: "RatingMatrix") -> "RatingMatrix":
+    def concat(self, other: RatingMatrix) -> RatingMatrix:
         """Both sets of ratings (same index space; pairs must not overlap)."""
         if (other.num_users, other.num_items, other.num_values) != (self.num_users, self.num_items, self.num_values):
             raise RatingDataError("cannot concatenate rating matrices over different index spaces")
@@ -112,7 +112,7 @@ class RatingMatrix:
             ts,
         )
 
-    def transpose(self) -> "RatingMatrix":
+    def transpose(self) -> RatingMatrix:
         """Items become users and users items (the item-based view)."""
         return RatingMatrix(
             self.items, self.users, self.ratings, self.num_items, self.num_users, self.num_values,

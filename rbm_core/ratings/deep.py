@@ -17,7 +17,7 @@ Early stopping watches validation RMSE, as for the RBM.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

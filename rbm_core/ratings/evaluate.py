@@ -19,7 +19,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -27,7 +26,7 @@ import torch
 from rbm_core.ratings import baselines
 from rbm_core.ratings.data import RatingMatrix, load_ratings, split_per_user, split_random
 from rbm_core.ratings.metrics import mae, rmse, topn_metrics
-from rbm_core.ratings.model import RatingModel, RatingModelConfig, train_rating_model
+from rbm_core.ratings.model import RatingModelConfig, train_rating_model
 
 # Tuned on ML-100K / ML-1M validation data (the 10% carved from the training part).
 RBM_PRESETS: dict[str, dict[str, Any]] = {

@@ -41,8 +41,9 @@ import math
 import pickle
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -137,7 +138,7 @@ class RatingModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RatingModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RatingModelConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
@@ -602,7 +603,7 @@ class RatingModel:
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes, device=None) -> "RatingModel":
+    def from_bytes(cls, data: bytes, device=None) -> RatingModel:
         """Rebuild a model from ``to_bytes`` output (no code executed); ``RatingModelError`` on
         bytes that are not a rating model of this format."""
         if not isinstance(data, (bytes, bytearray, memoryview)):

@@ -37,7 +37,7 @@ class CaseBatch:
     rated_case: Tensor | None = None
     rated_unit: Tensor | None = None
 
-    def to(self, device) -> "CaseBatch":
+    def to(self, device) -> CaseBatch:
         move = lambda x: None if x is None else x.to(device)  # noqa: E731
         return CaseBatch(self.size, move(self.case), move(self.unit), move(self.rating), move(self.offsets),
                          move(self.rated_case), move(self.rated_unit))

@@ -88,7 +88,7 @@ def test_random_split_is_seeded_disjoint_and_complete():
     m = _random_matrix()
     train, test = split_random(m, 0.1, seed=3)
     assert len(test) == round(0.1 * len(m)) and len(train) + len(test) == len(m)
-    keys = lambda x: set(zip(x.users.tolist(), x.items.tolist()))  # noqa: E731
+    keys = lambda x: set(zip(x.users.tolist(), x.items.tolist(), strict=True))  # noqa: E731
     assert not keys(train) & keys(test) and keys(train) | keys(test) == keys(m)
     again, _ = split_random(m, 0.1, seed=3)
     assert torch.equal(again.users, train.users) and torch.equal(again.items, train.items)

@@ -55,11 +55,11 @@ def test_vectorised_topn_metrics_agree_with_scalar_ones():
     ranked_lists = [RANKED, [99, 1, 2, 3, 20]]
     relevant_sets = [RELEVANT, {99, 20, 7, 8}]
     ranked = torch.tensor(ranked_lists)
-    hits = torch.tensor([[item in rel for item in lst] for lst, rel in zip(ranked_lists, relevant_sets)])
+    hits = torch.tensor([[item in rel for item in lst] for lst, rel in zip(ranked_lists, relevant_sets, strict=True)])
     counts = torch.tensor([len(r) for r in relevant_sets])
     got = topn_metrics(ranked, hits, counts, 5, num_items=100)
     for name, fn in (("precision@5", precision_at_k), ("recall@5", recall_at_k), ("ndcg@5", ndcg_at_k),
                      ("map@5", average_precision_at_k)):
-        expected = sum(fn(lst, rel, 5) for lst, rel in zip(ranked_lists, relevant_sets)) / 2
+        expected = sum(fn(lst, rel, 5) for lst, rel in zip(ranked_lists, relevant_sets, strict=True)) / 2
         assert got[name] == pytest.approx(expected), name
     assert got["coverage"] == pytest.approx(len(set(RANKED) | {99, 1, 2, 3, 20}) / 100)

@@ -7,7 +7,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from rbm_core.ratings import RatingMatrix, RatingModel, RatingModelConfig, RatingModelError, split_random, train_rating_model
+from rbm_core.ratings import (
+    RatingMatrix,
+    RatingModel,
+    RatingModelConfig,
+    RatingModelError,
+    split_random,
+    train_rating_model,
+)
 from rbm_core.ratings.baselines import Biases
 from rbm_core.ratings.metrics import rmse
 
