@@ -254,7 +254,8 @@ def _demo(args: argparse.Namespace) -> int:
     print("try:")
     print(f"  curl -s -H 'X-API-Key: {key}' '{url}/v1/users/user-0001/recommendations?n=5'")
     print(f"  curl -s -H 'X-API-Key: {key}' -H 'Content-Type: application/json' -d "
-          f"'{{\"ratings\": [{{\"item\": \"item-0001\", \"rating\": 5}}, {{\"item\": \"item-0051\", \"rating\": 1}}], \"n\": 5}}' "
+          f"'{{\"ratings\": [{{\"item\": \"item-0001\", \"rating\": 5}}, {{\"item\": \"item-0002\", \"rating\": 5}}, "
+          f"{{\"item\": \"item-0101\", \"rating\": 2}}], \"n\": 5}}' "
           f"{url}/v1/recommendations", flush=True)
     if args.no_serve:
         return 0
