@@ -148,8 +148,14 @@ def train_dbm(train: torch.Tensor, s: Setting, device, generator) -> tuple[DBM, 
     sync(device)
     start = time.perf_counter()
     greedy_pretrain(
-        model, train, epochs=s.dbm_pretrain_epochs, learning_rate=s.learning_rate, generator=generator,
-        momentum=s.momentum, weight_decay=1e-4, progress=False,
+        model,
+        train,
+        epochs=s.dbm_pretrain_epochs,
+        learning_rate=s.learning_rate,
+        generator=generator,
+        momentum=s.momentum,
+        weight_decay=1e-4,
+        progress=False,
     )
     Trainer(
         model,
@@ -197,7 +203,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--seed", type=int, default=0, help="binarisation and training seed")
     parser.add_argument(
-        "--threads", type=int, default=None,
+        "--threads",
+        type=int,
+        default=None,
         help="torch CPU threads (default: 1 with --quick on a CPU, where small matrices gain nothing from more "
         "and a shared machine loses much to contention; else torch's default)",
     )
@@ -217,8 +225,11 @@ def main() -> None:
     torch.manual_seed(args.seed)
     train, test = binarised_mnist(args.data_dir, args.seed)
     train = train[: s.train_rows]
-    print(f"# binarised MNIST: {len(train)} train / {len(test)} test images, {train.mean():.4f} of pixels on; "
-          f"device {device}, {torch.get_num_threads()} CPU threads; setting {setting_name}: {s}", flush=True)
+    print(
+        f"# binarised MNIST: {len(train)} train / {len(test)} test images, {train.mean():.4f} of pixels on; "
+        f"device {device}, {torch.get_num_threads()} CPU threads; setting {setting_name}: {s}",
+        flush=True,
+    )
 
     wanted = [m.strip() for m in args.models.split(",") if m.strip()]
     rows = []
@@ -250,7 +261,10 @@ def main() -> None:
         print(f"# trained {label} in {seconds:.1f} s; running AIS", flush=True)
         result = evaluate(model, train, test, s, device, args.seed + 100 + index)
         rows.append({"model": name, "label": label, "size": size, "train_s": seconds, **result, **extra})
-        print(f"# {name}: test LL {result['test_ll']:.2f} ± {result['log_z_se']:.2f} (AIS {result['ais_s']:.1f} s)", flush=True)
+        print(
+            f"# {name}: test LL {result['test_ll']:.2f} ± {result['log_z_se']:.2f} (AIS {result['ais_s']:.1f} s)",
+            flush=True,
+        )
 
     print()
     print(
@@ -276,7 +290,19 @@ def main() -> None:
         "setting": setting_name,
         "device": str(device),
         "ais_runs": s.ais_runs,
-        "results": [{k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v if not isinstance(v, float) else str(v)) for k, v in r.items()} for r in rows],
+        "results": [
+            {
+                k: (
+                    round(v, 4)
+                    if isinstance(v, float) and math.isfinite(v)
+                    else v
+                    if not isinstance(v, float)
+                    else str(v)
+                )
+                for k, v in r.items()
+            }
+            for r in rows
+        ],
     }
     print(json.dumps(summary, ensure_ascii=False))
 

@@ -17,8 +17,8 @@ Z_B / Z_A ≈ mean of the importance weights.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -88,9 +88,7 @@ class LikelihoodEstimate:
     mean_log_unnormalized: float
 
 
-def summarize_log_weights(
-    log_weights: Tensor, log_z_base: float, num_betas: int, num_std: float = 3.0
-) -> AISResult:
+def summarize_log_weights(log_weights: Tensor, log_z_base: float, num_betas: int, num_std: float = 3.0) -> AISResult:
     """Turn AIS log weights into the estimate, its standard error and the ±``num_std``σ̂ bounds."""
     log_weights = log_weights.detach().to(torch.float64).cpu()
     if not bool(torch.isfinite(log_weights).all()):

@@ -70,7 +70,7 @@ class SpikingNetwork:
         *,
         hidden_threshold: Tensor | float = 0.0,
         visible_threshold: Tensor | float = 0.0,
-    ) -> "SpikingNetwork":
+    ) -> SpikingNetwork:
         """J = T·W, β = T·bias + θ for the chosen thresholds θ (default 0)."""
         with torch.no_grad():
             weight, b, c = model.weight.detach(), model.visible_bias.detach(), model.hidden_bias.detach()
@@ -101,7 +101,9 @@ class SpikingNetwork:
     def hidden_potential(self, v: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Membrane potentials u = β_h + Jᵀv + logistic noise, ``(batch, H)``."""
         drive = self.hidden_rest + self.visible.flatten(v) @ self.synapses
-        return drive + logistic_noise(drive.shape, self.noise_scale, generator=generator, dtype=drive.dtype, device=drive.device)
+        return drive + logistic_noise(
+            drive.shape, self.noise_scale, generator=generator, dtype=drive.dtype, device=drive.device
+        )
 
     def hidden_spikes(self, v: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One time step of the hidden neurons given visible activity: 1 where u > θ_h."""
@@ -113,9 +115,13 @@ class SpikingNetwork:
         drive = self.visible_rest - self.visible_threshold + h @ self.synapses.t()
         if isinstance(self.visible, SoftmaxUnits):
             drive = self.visible.unflatten(drive)
-            noisy = drive + gumbel_noise(drive.shape, self.noise_scale, generator=generator, dtype=drive.dtype, device=drive.device)
+            noisy = drive + gumbel_noise(
+                drive.shape, self.noise_scale, generator=generator, dtype=drive.dtype, device=drive.device
+            )
             return torch.zeros_like(drive).scatter_(-1, noisy.argmax(-1, keepdim=True), 1.0)
-        noise = logistic_noise(drive.shape, self.noise_scale, generator=generator, dtype=drive.dtype, device=drive.device)
+        noise = logistic_noise(
+            drive.shape, self.noise_scale, generator=generator, dtype=drive.dtype, device=drive.device
+        )
         return (drive + noise > 0).to(drive.dtype)
 
     @torch.no_grad()

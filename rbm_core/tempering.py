@@ -15,8 +15,9 @@ Swaps only exchange rows within a column c, which keeps softmax masks consistent
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -163,7 +164,9 @@ class ParallelTempering:
         info = {"swap_accepted": accepted_now, "swap_rates": state.swap_rates, "round_trips": state.round_trips}
         return state, info
 
-    def run(self, model, state: TemperingState, num_steps: int, generator: torch.Generator | None = None) -> TemperingState:
+    def run(
+        self, model, state: TemperingState, num_steps: int, generator: torch.Generator | None = None
+    ) -> TemperingState:
         for _ in range(num_steps):
             state, _ = self.step(model, state, generator)
         return state

@@ -33,7 +33,9 @@ def mnist_like_rbm(num_hidden: int, seed: int = 0, num_visible: int = 784, stren
     with torch.no_grad():
         model.weight.copy_(torch.randn(num_visible, num_hidden, generator=g, dtype=torch.float64) * 0.05)
         model.weight.add_(strength * (2 * preferred - 1))
-        model.hidden_bias.copy_(-(data @ model.weight).mean(0) + torch.randn(num_hidden, generator=g, dtype=torch.float64))
+        model.hidden_bias.copy_(
+            -(data @ model.weight).mean(0) + torch.randn(num_hidden, generator=g, dtype=torch.float64)
+        )
         model.init_visible_bias_from_data(data)
     return model, data
 
@@ -56,7 +58,9 @@ def test_ladder_shape():
 def test_summary_by_hand():
     """Weights 1 and 3 (log 0 and log 3): Ẑ/Z_A = 2, σ̂ = std(w)/√2 = √2/√2 = 1, so the log-space
     SE is 1/2 and the bounds are log(2 ∓ 3)."""
-    result = summarize_log_weights(torch.tensor([0.0, math.log(3.0)], dtype=torch.float64), log_z_base=1.5, num_betas=10)
+    result = summarize_log_weights(
+        torch.tensor([0.0, math.log(3.0)], dtype=torch.float64), log_z_base=1.5, num_betas=10
+    )
     assert math.isclose(result.log_z, 1.5 + math.log(2.0))
     assert math.isclose(result.std_error, 0.5)
     assert result.lower == -math.inf
@@ -89,7 +93,9 @@ def test_short_ladders_fail_visibly():
     exact = float(exact_log_partition(model).detach())
     uniform = ais_log_partition(model, num_betas=10, num_runs=50, generator=torch.Generator().manual_seed(1))
     assert uniform.log_z < exact - 10.0
-    short = ais_log_partition(model, num_betas=10, num_runs=50, base_data=data, generator=torch.Generator().manual_seed(1))
+    short = ais_log_partition(
+        model, num_betas=10, num_runs=50, base_data=data, generator=torch.Generator().manual_seed(1)
+    )
     assert short.effective_sample_size < 5 and short.std_error > 0.3
 
 

@@ -41,7 +41,9 @@ def test_hand_computed_conversion():
     """J = 2, β = 1, θ = 0.5, T = 2 gives W = 1 and c = (1 − 0.5)/2 = 0.25."""
     model = RBM(RBMConfig(1, 1), dtype=torch.float64)
     one = torch.ones(1, dtype=torch.float64)
-    net = SpikingNetwork(2 * torch.ones(1, 1, dtype=torch.float64), 0 * one, 0 * one, one, 0.5 * one, 2.0, model.visible)
+    net = SpikingNetwork(
+        2 * torch.ones(1, 1, dtype=torch.float64), 0 * one, 0 * one, one, 0.5 * one, 2.0, model.visible
+    )
     params = net.rbm_parameters()
     assert float(params["weight"]) == 1.0 and float(params["hidden_bias"]) == 0.25
     with pytest.raises(ValueError):
@@ -83,7 +85,9 @@ def test_firing_frequencies_match_the_sigmoid():
     rates = net.firing_rates(v, steps, g)
     exact = model.hidden_mean(v).detach()
     assert binomial_chi_squared_pvalue(rates, exact, steps) > FALSE_ALARM
-    hotter = SpikingNetwork(net.synapses, net.visible_rest, net.visible_threshold, net.hidden_rest, net.hidden_threshold, 1.6, net.visible)
+    hotter = SpikingNetwork(
+        net.synapses, net.visible_rest, net.visible_threshold, net.hidden_rest, net.hidden_threshold, 1.6, net.visible
+    )
     assert binomial_chi_squared_pvalue(hotter.firing_rates(v, steps, g), exact, steps) < FALSE_ALARM
 
 
@@ -106,7 +110,11 @@ def test_winner_take_all_groups_match_the_softmax():
 def test_the_network_samples_the_rbm(visible, num_values):
     """Populations driving each other (independent networks, one final state each) reach the
     RBM's exact p(v)."""
-    model = random_rbm(4, 3, visible, num_values, seed=7) if visible == "bernoulli" else random_rbm(3, 2, visible, num_values, seed=7)
+    model = (
+        random_rbm(4, 3, visible, num_values, seed=7)
+        if visible == "bernoulli"
+        else random_rbm(3, 2, visible, num_values, seed=7)
+    )
     net = SpikingNetwork.from_rbm(model, noise_scale=0.5, hidden_threshold=0.2)
     g = torch.Generator().manual_seed(8)
     start = model.visible.random_state(20000, g, torch.float64)

@@ -228,7 +228,7 @@ def test_estimator_gradient_matches_exact_gradient():
     assert negative.info["swap_rates"].shape == (2,) and "round_trips" in negative.info
     model.zero_grad()
     model.gradient_step(data, negative)
-    for p, exact_grad in zip(model.parameters(), exact_grads):
+    for p, exact_grad in zip(model.parameters(), exact_grads, strict=True):
         # Each statistic is a mean of 30,000 weakly dependent terms bounded by 1: SE < 0.003.
         assert torch.allclose(p.grad, exact_grad, atol=0.02), (p.grad - exact_grad).abs().max()
 
