@@ -7,8 +7,9 @@ pair into a gradient (``contrastive_grads`` or autograd of ``contrastive_loss``)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -84,6 +84,6 @@ def joint_distribution(model) -> tuple[list[Tensor], Tensor]:
     if total > MAX_ENUMERATED_STATES:
         raise ValueError(f"{total} joint states are too many to enumerate")
     grids = torch.meshgrid(*[torch.arange(c, device=device) for c in counts], indexing="ij")
-    layers = [states[g.reshape(-1)] for states, g in zip(per_layer, grids)]
+    layers = [states[g.reshape(-1)] for states, g in zip(per_layer, grids, strict=True)]
     log_p = -model.energy(layers)
     return layers, log_p - torch.logsumexp(log_p, 0)

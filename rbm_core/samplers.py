@@ -8,8 +8,9 @@ layered model whose layers only connect to neighbours (RBM, DBM).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -46,10 +47,10 @@ class ChainState:
     def num_chains(self) -> int:
         return self.layers[0].shape[0]
 
-    def with_layers(self, layers: Sequence[Tensor], means: Sequence[Tensor | None] | None = None) -> "ChainState":
+    def with_layers(self, layers: Sequence[Tensor], means: Sequence[Tensor | None] | None = None) -> ChainState:
         return replace(self, layers=tuple(layers), means=None if means is None else tuple(means))
 
-    def index(self, rows: Tensor | slice) -> "ChainState":
+    def index(self, rows: Tensor | slice) -> ChainState:
         def pick(x: Tensor | None) -> Tensor | None:
             return None if x is None else x[rows]
 

@@ -3,8 +3,8 @@ E(v, h) = -vᵀWh - bᵀv - cᵀh, with a closed-form free energy and factorised
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn

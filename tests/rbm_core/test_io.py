@@ -38,7 +38,7 @@ def test_round_trip_is_bit_for_bit(tmp_path, config, dtype):
     save_model(model, path, extra={"trained_on": "unit test", "epochs": 3})
     loaded = load_model(path)
     assert isinstance(loaded, RBM) and loaded.config == config
-    for (name, a), (name_b, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (name, a), (name_b, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert name == name_b and a.dtype == b.dtype and a.shape == b.shape
         assert torch.equal(bits(a), bits(b)), name
     assert model_to_bytes(loaded, extra={"trained_on": "unit test", "epochs": 3}) == path.read_bytes()

@@ -143,7 +143,7 @@ def test_masked_unit_changes_neither_energy_nor_conditionals_nor_log_z():
         model.weight[rows] += 5.0
         model.visible_bias[rows] -= 3.0
     after = (model.energy((v, h)), model.free_energy(v), model.hidden_mean(v))
-    for a, b in zip(before, after):
+    for a, b in zip(before, after, strict=True):
         assert torch.equal(a, b)
 
 

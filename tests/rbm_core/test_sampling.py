@@ -154,4 +154,4 @@ def test_chains_are_reproducible_with_a_generator():
     v0 = start_states(model, 500, torch.Generator().manual_seed(4))
     a = run_chains(model, BlockGibbs(), torch.Generator().manual_seed(5), visible=v0)
     b = run_chains(model, BlockGibbs(), torch.Generator().manual_seed(5), visible=v0)
-    assert all(torch.equal(x, y) for x, y in zip(a.layers, b.layers))
+    assert all(torch.equal(x, y) for x, y in zip(a.layers, b.layers, strict=True))

@@ -62,7 +62,7 @@ def test_exact_negative_phase_gives_the_exact_log_likelihood_gradient(kind, path
         model.gradient_step(data, negative)
     else:
         model.contrastive_loss(data, negative.state.visible, negative_weights=negative.info["weights"]).backward()
-    for ours, exact in zip(grads_of(model), expected):
+    for ours, exact in zip(grads_of(model), expected, strict=True):
         assert torch.allclose(ours, exact, atol=1e-12)
 
 
@@ -86,11 +86,11 @@ def test_contrastive_grads_equal_autograd_of_contrastive_loss(kind, missing, giv
         if given_means:
             kwargs = {"positive_hidden": model.hidden_mean(positive), "negative_hidden": model.hidden_mean(negative)}
     model.contrastive_grads(positive, negative, **kwargs)
-    for ours, exact in zip(grads_of(model), expected):
+    for ours, exact in zip(grads_of(model), expected, strict=True):
         assert torch.allclose(ours, exact, atol=1e-12)
     # called again, it overwrites (does not accumulate into) the existing buffers
     model.contrastive_grads(positive, negative, **kwargs)
-    for ours, exact in zip(grads_of(model), expected):
+    for ours, exact in zip(grads_of(model), expected, strict=True):
         assert torch.allclose(ours, exact, atol=1e-12)
 
 
@@ -105,7 +105,7 @@ def test_gradient_step_on_a_chain_state_equals_autograd(estimator):
     fast = grads_of(model)
     clear_grads(model)
     model.contrastive_loss(positive, negative.state.visible).backward()
-    for ours, exact in zip(fast, grads_of(model)):
+    for ours, exact in zip(fast, grads_of(model), strict=True):
         assert torch.allclose(ours, exact, atol=1e-12)
 
 
@@ -122,7 +122,7 @@ def test_fast_path_and_autograd_trainers_agree():
         )
         trainer.fit(data)
         results.append([p.detach().clone() for p in model.parameters()])
-    for fast, slow in zip(*results):
+    for fast, slow in zip(*results, strict=True):
         assert torch.allclose(fast, slow, atol=1e-10)
 
 
@@ -211,18 +211,18 @@ def test_momentum_and_weight_decay_follow_the_sgd_formula():
     reference = tiny_rbm(4, 3, seed=36, scale=0.5)
     for _ in range(3):
         with torch.no_grad():
-            for p, value in zip(reference.parameters(), params):
+            for p, value in zip(reference.parameters(), params, strict=True):
                 p.copy_(value)
         clear_grads(reference)
         (-exact_log_likelihood(reference, data).mean()).backward()
-        grads = [g + decay * p for g, p in zip(grads_of(reference), params)]
-        buffers = grads if buffers is None else [momentum * b + g for b, g in zip(buffers, grads)]
-        params = [p - lr * b for p, b in zip(params, buffers)]
+        grads = [g + decay * p for g, p in zip(grads_of(reference), params, strict=True)]
+        buffers = grads if buffers is None else [momentum * b + g for b, g in zip(buffers, grads, strict=True)]
+        params = [p - lr * b for p, b in zip(params, buffers, strict=True)]
     Trainer(
         model, ExactNegativePhase(), learning_rate=lr, momentum=momentum, weight_decay=decay,
         batch_size=len(data), epochs=3, generator=torch.Generator().manual_seed(0),
     ).fit(data)
-    for ours, expected in zip(model.parameters(), params):
+    for ours, expected in zip(model.parameters(), params, strict=True):
         assert torch.allclose(ours, expected, atol=1e-12)
 
 
@@ -252,7 +252,7 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights():
     assert history.stopped_early and history.best_epoch == 2
     assert len(history.epochs) == 5  # epochs 3 and 4 did not improve on epoch 2
     assert not torch.equal(snapshots[4][0], snapshots[2][0])
-    for restored, best in zip(model.parameters(), snapshots[2]):
+    for restored, best in zip(model.parameters(), snapshots[2], strict=True):
         assert torch.equal(restored, best)
 
 
@@ -297,7 +297,7 @@ def test_any_torch_optimizer(capsys):
     )
     history = trainer.fit(data)
     assert len(history.epochs) == 2
-    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert "epoch" in capsys.readouterr().err  # the progress bar
 
 
