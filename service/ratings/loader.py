@@ -165,17 +165,27 @@ class RatingLoader:
                 self._missing("users", "user_ext")
                 self._missing("items", "item_ext")
                 users = items = 0
+            # The de-duplicating sort of a large load should stay in memory.
+            conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+            empty = False
             if self.exclusive:
                 conn.exec_driver_sql("LOCK TABLE ratings IN ACCESS EXCLUSIVE MODE")
-                conn.exec_driver_sql(_DROP_RATINGS_EXTRAS)
+                # Into an empty table nothing can conflict: the primary key is rebuilt afterwards as well.
+                empty = not conn.exec_driver_sql("SELECT EXISTS (SELECT 1 FROM ratings)").scalar()
+                conn.exec_driver_sql(_DROP_RATINGS_EXTRAS + ("; ALTER TABLE ratings DROP CONSTRAINT pk_ratings" if empty else ""))
+            upsert = "" if empty else (
+                " ON CONFLICT (user_id, item_id) DO UPDATE SET value = excluded.value, "
+                "rated_at = excluded.rated_at, ingested_at = excluded.ingested_at")
             written = conn.execute(text(
                 "INSERT INTO ratings (user_id, item_id, value, rated_at, ingested_at) "
                 "SELECT DISTINCT ON (u.id, i.id) u.id, i.id, s.value, coalesce(to_timestamp(s.rated_epoch), :now), :now "
                 "FROM rating_staging s JOIN users u ON u.external_id = s.user_ext "
-                "JOIN items i ON i.external_id = s.item_ext ORDER BY u.id, i.id, s.seq DESC "
-                "ON CONFLICT (user_id, item_id) DO UPDATE SET value = excluded.value, "
-                "rated_at = excluded.rated_at, ingested_at = excluded.ingested_at"), {"now": now}).rowcount
+                "JOIN items i ON i.external_id = s.item_ext ORDER BY u.id, i.id, s.seq DESC" + upsert),
+                {"now": now}).rowcount
             if self.exclusive:
+                if empty:
+                    conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
+                    conn.exec_driver_sql("ALTER TABLE ratings ADD CONSTRAINT pk_ratings PRIMARY KEY (user_id, item_id)")
                 for statement in _CREATE_RATINGS_EXTRAS:
                     conn.exec_driver_sql(statement)
             conn.exec_driver_sql("TRUNCATE rating_staging")
