@@ -158,3 +158,15 @@ def test_rbm_784_by_20_matches_exact(seed):
     g = torch.Generator().manual_seed(10 + seed)
     result = ais_log_partition(model, num_betas=14_500, num_runs=100, base_data=data, generator=g)
     assert_close_to_exact(result, exact)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ais_on_cuda_in_float32():
+    """AIS on a CUDA device with a float32 model (the benchmark's setting) against the exact log Z."""
+    model, data = mnist_like_rbm(15)
+    exact = float(exact_log_partition(model).detach())
+    model = model.float().to("cuda")
+    g = torch.Generator(device="cuda").manual_seed(1)
+    result = ais_log_partition(model, num_betas=1000, num_runs=200, base_data=data.float().cuda(), generator=g)
+    assert_close_to_exact(result, exact)

@@ -262,3 +262,21 @@ def test_trainer_uses_parallel_tempering(kind):
     after = log_likelihood()
     assert after > before + 0.5, (before, after)
     assert estimator.state is not None and estimator.state.attempted.sum() > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tempering_on_cuda():
+    """The same sampler on a CUDA device (chains, swaps and generator on the GPU)."""
+    model = random_rbm(4, 3).to("cuda")
+    g = torch.Generator(device="cuda").manual_seed(1)
+    pt = ParallelTempering([1.0, 0.6, 0.3])
+    start = model.layers[0].random_state(15000, g, torch.float64, "cuda")
+    state = pt.run(model, pt.init(model, start, g), 25, g)
+    layers, log_p = joint_distribution(model)
+    p = chi_squared_pvalue(
+        state_codes([x.cpu() for x in state.replica(0).layers]),
+        state_codes([x.cpu() for x in layers]),
+        log_p.detach().exp().cpu(),
+    )
+    assert p > FALSE_ALARM
