@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import helpers
 import pytest
 import torch
 from scipy import stats
@@ -22,12 +23,7 @@ def one_thread():
 
 
 def random_rbm(num_visible=5, num_hidden=3, visible="bernoulli", num_values=2, seed=0) -> RBM:
-    g = torch.Generator().manual_seed(seed)
-    model = RBM(RBMConfig(num_visible, num_hidden, visible, num_values), dtype=torch.float64)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-    return model
+    return helpers.tiny_rbm(num_visible, num_hidden, visible, num_values, seed=seed)
 
 
 def binomial_chi_squared_pvalue(rates: torch.Tensor, probs: torch.Tensor, trials: int) -> float:
@@ -121,13 +117,5 @@ def test_the_network_samples_the_rbm(visible, num_values):
     v, _ = net.run(start, 30, g)
     states, log_p = visible_distribution(model)
     flat_states = model.visible.flatten(states)
-    index = (model.visible.flatten(v).unsqueeze(1) == flat_states.unsqueeze(0)).all(-1).double().argmax(1)
-    counts = torch.bincount(index, minlength=len(states)).double()
-    expected = log_p.detach().exp() * v.shape[0]
-    small = expected < 5  # pool rare states so the chi-squared approximation holds
-    counts = torch.cat([counts[~small], counts[small].sum().reshape(1)])
-    expected = torch.cat([expected[~small], expected[small].sum().reshape(1)])
-    if expected[-1] == 0:
-        counts, expected = counts[:-1], expected[:-1]
-    statistic = float(((counts - expected) ** 2 / expected).sum())
-    assert stats.chi2.sf(statistic, len(expected) - 1) > FALSE_ALARM
+    counts = helpers.counts_over_states(model.visible.flatten(v), flat_states)
+    assert helpers.chi_squared_pvalue(counts, log_p.detach().exp()) > FALSE_ALARM

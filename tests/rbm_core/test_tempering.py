@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
+import helpers
 import pytest
 import torch
-from scipy import stats
 
 from rbm_core.estimators import ExactNegativePhase
 from rbm_core.models import DBM, RBM, BMConfig, BoltzmannMachine, DBMConfig, RBMConfig
@@ -40,29 +40,16 @@ def state_codes(layers) -> torch.Tensor:
 
 
 def chi_squared_pvalue(sample_codes: torch.Tensor, state_codes_: torch.Tensor, probs: torch.Tensor) -> float:
-    """Pearson chi-squared test of samples against an exact pmf over enumerated states; bins
-    with expected count < 5 are pooled."""
+    """Chi-squared p-value of samples (as state codes) against an exact pmf over enumerated states."""
     order = torch.argsort(state_codes_)
-    position = torch.searchsorted(state_codes_[order], sample_codes)
+    position = torch.searchsorted(state_codes_[order], sample_codes).clamp_(max=len(order) - 1)
     assert bool((state_codes_[order][position] == sample_codes).all()), "a sample is not a valid state"
-    counts = torch.bincount(order[position], minlength=len(probs)).double()
-    expected = probs.detach().double() * len(sample_codes)
-    small = expected < 5
-    observed = torch.cat([counts[~small], counts[small].sum().reshape(1)])
-    expected = torch.cat([expected[~small], expected[small].sum().reshape(1)])
-    if expected[-1] == 0:
-        observed, expected = observed[:-1], expected[:-1]
-    statistic = float(((observed - expected) ** 2 / expected).sum())
-    return float(stats.chi2.sf(statistic, len(expected) - 1))
+    counts = torch.bincount(order[position], minlength=len(probs))
+    return helpers.chi_squared_pvalue(counts, probs)
 
 
 def random_rbm(num_visible, num_hidden, visible="bernoulli", num_values=2, scale=1.0, seed=0) -> RBM:
-    g = torch.Generator().manual_seed(seed)
-    model = RBM(RBMConfig(num_visible, num_hidden, visible, num_values), dtype=torch.float64, generator=g)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * scale)
-    return model
+    return helpers.tiny_rbm(num_visible, num_hidden, visible, num_values, seed=seed, scale=scale)
 
 
 def random_dbm(seed=0) -> DBM:
