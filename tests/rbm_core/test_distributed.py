@@ -3,6 +3,7 @@ gloo processes (launched by torchrun) against one process."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,15 @@ from rbm_core.models import RBM, RBMConfig
 from rbm_core.partition import exact_log_likelihood, visible_distribution
 
 ALPHA = 1e-3  # false-alarm rate of every statistical test here
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: intra-op threads only add overhead, and a lot of it on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_uniforms_of_an_id_do_not_depend_on_its_neighbours():
@@ -97,7 +107,8 @@ def test_one_process_training_raises_the_exact_likelihood(persistent):
 
 
 def _run(command: list[str], tmp_path: Path) -> None:
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -22,6 +22,17 @@ def _server_url() -> str:
     return url.replace("postgresql://", "postgresql+psycopg://", 1) if url.startswith("postgresql://") else url
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tests' models are tiny: intra-op threads only add overhead (a lot of it on a busy machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def jobs_database_url() -> Iterator[str]:
     server = make_url(_server_url())
