@@ -120,7 +120,12 @@ class ModelCache:
         if row is None:
             self.invalidate()
             raise ApiError(404, f"model {entry.name!r} version {entry.version} disappeared; retry")
-        model = RatingModel.from_bytes(row.artifact, device=self.device or None)
+        try:
+            model = RatingModel.from_bytes(row.artifact, device=self.device or None)
+        except ValueError as exc:  # RatingModelError: bytes this build cannot read (corrupt, or another format)
+            log.error("model %s version %d cannot be loaded: %s", entry.name, entry.version, exc)
+            raise ApiError(503, f"model {entry.name!r} version {entry.version} cannot be loaded by this build: {exc}",
+                           code="model_unavailable") from None
         user_ids = np.asarray(row.user_index, dtype=np.int64)
         item_ids = np.asarray(row.item_index, dtype=np.int64)
         loaded = LoadedModel(

@@ -201,3 +201,14 @@ def test_item_based_model_serves_known_and_folded_in_users(database, client, adm
     client.post("/v1/ratings/batch", json={"ratings": [{"user": "fresh", "item": "a01", "rating": 5}]}, headers=admin)
     folded = client.get("/v1/users/fresh/recommendations?model=items&n=3", headers=reader).json()
     assert folded["source"] == "fold_in" and len(folded["items"]) == 3
+
+
+def test_unloadable_artifact_is_a_503_not_a_500(database, client, reader, trained):
+    rows, version = trained
+    with database.engine.begin() as conn:
+        from sqlalchemy import text
+
+        conn.execute(text("UPDATE model_versions SET artifact = :junk WHERE id = :id"), {"junk": b"not a model", "id": version.id})
+    error = _error(client.get("/v1/users/u000/recommendations", headers=reader), 503)
+    assert error["code"] == "model_unavailable" and "cannot be loaded" in error["message"]
+    assert client.get("/health/ready").status_code == 503
