@@ -82,6 +82,7 @@ class RatingModelConfig:
     weight_decay: float = 0.001
     k_schedule: tuple[tuple[int, int], ...] = ((0, 1), (20, 3), (30, 5), (40, 9))
     conditional: bool = False
+    shared_weights: bool = True
     prediction: str = "exact"
     layout: str = "dense"
     init_std: float = 0.01
@@ -329,7 +330,7 @@ class RatingModel:
 
     def _first_layer(self) -> tuple[Tensor, Tensor]:
         if self.config.kind == "rbm":
-            return self.net.weight, self.net.visible_bias
+            return self.net.effective_weight, self.net.visible_bias
         from rbm_core.ratings.deep import first_layer
 
         return first_layer(self.net)
@@ -665,7 +666,7 @@ def _build_net(config: RatingModelConfig, train: RatingMatrix, dtype=torch.float
 
         return build_deep_net(config, num_units, train.num_values, dtype=dtype, device=device, generator=generator)
     return SoftmaxRBMNet(num_units, train.num_values, config.num_hidden, config.conditional, config.init_std,
-                         dtype=dtype, device=device, generator=generator)
+                         dtype=dtype, device=device, generator=generator, shared=config.shared_weights)
 
 
 def _build_engagement(config: RatingModelConfig, num_items: int, device=None, generator=None):
@@ -722,6 +723,7 @@ def train_rating_model(
         logp = (counts + 1.0).log() - (counts + 1.0).sum(-1, keepdim=True).log()
         net.visible_bias.copy_(logp.to(device))
     decayed = [net.weight] + ([net.conditional_weight] if config.conditional else [])
+    decayed += [net.shared_weight] if config.shared_weights else []
     others = [net.visible_bias, net.hidden_bias]
     optimizer = torch.optim.SGD([
         {"params": decayed, "weight_decay": config.weight_decay},

@@ -96,7 +96,7 @@ class SoftmaxRBMNet(nn.Module):
     and, when ``conditional``, ``conditional_weight`` ``(N, H)`` (D in the paper)."""
 
     def __init__(self, num_units: int, num_values: int, num_hidden: int, conditional: bool = False,
-                 init_std: float = 0.01, dtype=torch.float32, device=None, generator=None) -> None:
+                 init_std: float = 0.01, dtype=torch.float32, device=None, generator=None, shared: bool = False) -> None:
         super().__init__()
         self.units = SoftmaxUnits(num_units, num_values)
         self.num_units, self.num_values, self.num_hidden = num_units, num_values, num_hidden
@@ -104,13 +104,22 @@ class SoftmaxRBMNet(nn.Module):
         self.weight = nn.Parameter(weight.to(device))
         self.visible_bias = nn.Parameter(torch.zeros((num_units, num_values), dtype=dtype, device=device))
         self.hidden_bias = nn.Parameter(torch.zeros(num_hidden, dtype=dtype, device=device))
+        self.shared = shared
+        if shared:
+            self.shared_weight = nn.Parameter(torch.zeros((num_values, num_hidden), dtype=dtype, device=device))
         self.conditional = conditional
         if conditional:
             self.conditional_weight = nn.Parameter(torch.zeros((num_units, num_hidden), dtype=dtype, device=device))
 
     @property
+    def effective_weight(self) -> Tensor:
+        """W_ik + S_k, ``(N, K, H)``: with ``shared`` a rating-value weight S common to every unit
+        lets one hidden unit express "rates everything high" without learning it item by item."""
+        return self.weight + self.shared_weight if self.shared else self.weight
+
+    @property
     def flat_weight(self) -> Tensor:
-        return self.weight.reshape(self.num_units * self.num_values, self.num_hidden)
+        return self.effective_weight.reshape(self.num_units * self.num_values, self.num_hidden)
 
     # -- fields ---------------------------------------------------------------------------------
     def hidden_field(self, batch: CaseBatch, rating: Tensor | None = None) -> Tensor:
@@ -132,7 +141,7 @@ class SoftmaxRBMNet(nn.Module):
 
     def observed_logits(self, batch: CaseBatch, hidden: Tensor) -> Tensor:
         """b_i + W_i h for each observed entry: ``(nnz, K)``."""
-        w = self.weight[batch.unit]  # (nnz, K, H)
+        w = self.effective_weight[batch.unit]  # (nnz, K, H)
         return self.visible_bias[batch.unit] + torch.einsum("nkh,nh->nk", w, hidden[batch.case])
 
     def free_energy(self, batch: CaseBatch) -> Tensor:
@@ -152,6 +161,7 @@ class SoftmaxRBMNet(nn.Module):
         conditional variant, the indicator r_q is set to 1: "given that the user rates q").
         Otherwise the one-step mean-field approximation b_qk + Σ_j W_qkj σ(x_j - own_j)."""
         x = self.hidden_field(batch) if field is None else field
+        weight = self.effective_weight
         own_lookup = _own_ratings(batch, self.num_units)
         out = []
         for start in range(0, len(query_case), chunk):
@@ -162,11 +172,11 @@ class SoftmaxRBMNet(nn.Module):
             seen = own > 0
             if bool(seen.any()):
                 base = base.clone()
-                base[seen] -= self.weight[qu[seen], own[seen] - 1]
+                base[seen] -= weight[qu[seen], own[seen] - 1]
             if self.conditional:
                 rated = _rated_lookup(batch, self.num_units)(qc, qu)
                 base = base + self.conditional_weight[qu] * (~rated).unsqueeze(-1).to(base.dtype)
-            w = self.weight[qu]  # (P, K, H)
+            w = weight[qu]  # (P, K, H)
             if exact:
                 logits = F.softplus(base.unsqueeze(1) + w).sum(-1)
             else:
@@ -212,6 +222,12 @@ class SoftmaxRBMNet(nn.Module):
         grad_b.index_add_(0, neg_flat, torch.full_like(neg_flat, 1, dtype=grad_w.dtype), alpha=scale)
         grad_b.index_add_(0, pos_flat, torch.full_like(pos_flat, 1, dtype=grad_w.dtype), alpha=-scale)
         _set_grad(self.weight, grad_w.view_as(self.weight))
+        if self.shared:
+            # S sits in every observed unit's weights, so its gradient sums over the ~nnz/B ratings
+            # of a case; dividing by that count gives S a per-parameter learning rate on the scale
+            # of one unit's weights (the direction is still the exact gradient's).
+            per_case = max(len(batch.rating) / max(batch.size, 1), 1.0)
+            _set_grad(self.shared_weight, grad_w.view_as(self.weight).sum(0) / per_case)
         _set_grad(self.visible_bias, grad_b.view_as(self.visible_bias))
         _set_grad(self.hidden_bias, (p_neg - p_pos).mean(0))
         if self.conditional:

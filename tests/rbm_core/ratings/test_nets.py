@@ -10,13 +10,15 @@ from rbm_core.ratings.nets import CaseBatch, CaseStore, SoftmaxRBMNet
 K = 5
 
 
-def make_net(num_units=3, num_hidden=3, conditional=False, seed=0):
+def make_net(num_units=3, num_hidden=3, conditional=False, seed=0, shared=True):
     g = torch.Generator().manual_seed(seed)
-    net = SoftmaxRBMNet(num_units, K, num_hidden, conditional, dtype=torch.float64, generator=g)
+    net = SoftmaxRBMNet(num_units, K, num_hidden, conditional, dtype=torch.float64, generator=g, shared=shared)
     with torch.no_grad():
         net.weight.copy_(torch.randn(net.weight.shape, generator=g, dtype=torch.float64))
         net.visible_bias.copy_(torch.randn(net.visible_bias.shape, generator=g, dtype=torch.float64))
         net.hidden_bias.copy_(torch.randn(net.hidden_bias.shape, generator=g, dtype=torch.float64))
+        if shared:
+            net.shared_weight.copy_(torch.randn(net.shared_weight.shape, generator=g, dtype=torch.float64))
         if conditional:
             net.conditional_weight.copy_(torch.randn(net.conditional_weight.shape, generator=g, dtype=torch.float64))
     return net
@@ -36,8 +38,9 @@ def case(observed: dict[int, int], rated: set[int] | None = None) -> CaseBatch:
 def exact_energy(net, observed: dict[int, int], h: torch.Tensor, rated: set[int] | None) -> torch.Tensor:
     """E(v, h; r) summed term by term over the observed units only."""
     e = -(net.hidden_bias * h).sum()
+    w = net.weight + (net.shared_weight if net.shared else 0.0)  # W_ik + S_k, written out
     for unit, rating in observed.items():
-        e = e - net.visible_bias[unit, rating - 1] - (net.weight[unit, rating - 1] * h).sum()
+        e = e - net.visible_bias[unit, rating - 1] - (w[unit, rating - 1] * h).sum()
     if rated is not None:
         for unit in rated:
             e = e - (net.conditional_weight[unit] * h).sum()
@@ -50,10 +53,11 @@ def exact_free_energy(net, observed, rated=None):
     return -torch.logsumexp(-energies, 0)
 
 
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("conditional", [False, True])
 @pytest.mark.parametrize("observed", [{0: 3}, {0: 1, 2: 5}, {0: 2, 1: 4, 2: 3}, {}])
-def test_free_energy_with_mask_matches_enumeration(conditional, observed):
-    net = make_net(conditional=conditional)
+def test_free_energy_with_mask_matches_enumeration(conditional, observed, shared):
+    net = make_net(conditional=conditional, shared=shared)
     rated = (set(observed) | {1}) if conditional else None
     got = net.free_energy(case(observed, rated))[0]
     assert torch.allclose(got, exact_free_energy(net, observed, rated), atol=1e-10)
@@ -87,12 +91,14 @@ def test_mean_field_prediction_is_one_step_reconstruction():
     net = make_net()
     batch = case({0: 4, 2: 1})
     got = net.query_logits(batch, torch.tensor([0]), torch.tensor([1]), exact=False)[0]
-    x = net.hidden_bias + net.weight[0, 3] + net.weight[2, 0]
-    assert torch.allclose(got, net.visible_bias[1] + net.weight[1] @ torch.sigmoid(x), atol=1e-12)
+    w = net.weight + net.shared_weight
+    x = net.hidden_bias + w[0, 3] + w[2, 0]
+    assert torch.allclose(got, net.visible_bias[1] + w[1] @ torch.sigmoid(x), atol=1e-12)
 
 
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("conditional", [False, True])
-def test_cd_gradient_equals_autograd_and_layouts_agree(conditional):
+def test_cd_gradient_equals_autograd_and_layouts_agree(conditional, shared):
     """Both layouts draw the same chain and write the autograd gradient of
     mean F(data) - mean F(negative samples) (hidden means at both ends)."""
     torch.manual_seed(0)
@@ -105,7 +111,7 @@ def test_cd_gradient_equals_autograd_and_layouts_agree(conditional):
     batch = store.batch(torch.arange(cases))
     grads = {}
     for layout in ("sparse", "dense"):
-        net = make_net(num_units, 4, conditional, seed=3)
+        net = make_net(num_units, 4, conditional, seed=3, shared=shared)
         stats = net.cd_gradients(batch, 3, torch.Generator().manual_seed(7), layout)
         grads[layout] = ({n: p.grad.clone() for n, p in net.named_parameters()}, stats["negative_rating"])
         negative = CaseBatch(batch.size, batch.case, batch.unit, stats["negative_rating"], batch.offsets,
@@ -114,8 +120,10 @@ def test_cd_gradient_equals_autograd_and_layouts_agree(conditional):
             p.grad = None
         loss = net.free_energy(batch).mean() - net.free_energy(negative).mean()
         loss.backward()
+        per_case = len(batch.rating) / batch.size  # the shared weight's gradient is scaled (documented)
         for name, p in net.named_parameters():
-            assert torch.allclose(grads[layout][0][name], p.grad, atol=1e-10), (layout, name)
+            expected = p.grad / per_case if name == "shared_weight" else p.grad
+            assert torch.allclose(grads[layout][0][name], expected, atol=1e-10), (layout, name)
     assert torch.equal(grads["sparse"][1], grads["dense"][1])
 
 
