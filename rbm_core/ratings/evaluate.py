@@ -31,9 +31,9 @@ from rbm_core.ratings.model import RatingModelConfig, train_rating_model
 # Tuned on ML-100K / ML-1M validation data (the 10% carved from the training part).
 RBM_PRESETS: dict[str, dict[str, Any]] = {
     "rbm-item": {"orientation": "item", "num_hidden": 200},
-    "rbm-user": {"orientation": "user", "num_hidden": 200, "batch_size": 16, "learning_rate": 0.2},
+    "rbm-user": {"orientation": "user", "num_hidden": 100, "batch_size": 16, "learning_rate": 0.2},
     "crbm-item": {"orientation": "item", "num_hidden": 200, "conditional": True},
-    "crbm-user": {"orientation": "user", "num_hidden": 200, "batch_size": 16, "learning_rate": 0.2, "conditional": True},
+    "crbm-user": {"orientation": "user", "num_hidden": 100, "batch_size": 16, "learning_rate": 0.2, "conditional": True},
     "dbm-item": {"kind": "dbm", "orientation": "item", "num_hidden": 100, "init_std": 0.1, "learning_rate": 0.3,
                  "averaging": 0.0, "mean_field_steps": 10},
     "bm-item": {"kind": "bm", "orientation": "item", "num_hidden": 100, "init_std": 0.1, "learning_rate": 0.3,
