@@ -114,6 +114,8 @@ class Lease(threading.Thread):
                 if self._progress is None:
                     self._progress = pending  # keep it for the next beat
             return
+        if self._stopped.is_set():
+            return  # the job ended meanwhile: its final status is not a lost lease
         if not beat.owned and self.owned:
             log.error("job %d: lease lost (the job was reaped or reassigned); stopping", self.claim.job_id)
         self.owned = beat.owned

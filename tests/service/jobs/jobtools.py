@@ -33,6 +33,10 @@ TINY = {
     "k_schedule": [[0, 1]],
     "ranking": "rating",
     "patience": 1000,
+    # pinned, so that a change of the library's defaults cannot make the test model stop learning
+    "averaging": 0.0,
+    "shared_weights": False,
+    "layout": "sparse",
 }
 SLOW = {**TINY, "epochs": 150}
 
