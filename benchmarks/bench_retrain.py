@@ -30,7 +30,22 @@ from service.db import Database  # noqa: E402
 from service.jobs.queue import db_now  # noqa: E402
 from service.models.models import ModelDefinition, ModelVersion, TrainingJob  # noqa: E402
 
-HYPERPARAMETERS = {"num_hidden": 100, "epochs": 10, "batch_size": 32, "ranking": "rating"}
+# The configuration of the README's figures, pinned so that later changes of the library's defaults do not change it.
+HYPERPARAMETERS = {
+    "num_hidden": 100,
+    "epochs": 10,
+    "batch_size": 32,
+    "learning_rate": 0.05,
+    "lr_decay": 0.97,
+    "momentum": 0.9,
+    "initial_momentum": 0.5,
+    "weight_decay": 0.001,
+    "k_schedule": [[0, 1]],
+    "layout": "sparse",
+    "averaging": 0.0,
+    "shared_weights": False,
+    "ranking": "rating",
+}
 
 
 def fresh_database(server_url: str, name: str) -> str:
