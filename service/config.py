@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     device: str = ""
     # Threads torch may use per API process (several processes share the cores).
     torch_threads: int = Field(default=1, ge=1)
+    # Scoring passes one API process runs at once (requests wait for a slot; their database work still overlaps).
+    scoring_concurrency: int = Field(default=1, ge=1)
 
     # Checked at start-up: the schema must be at the Alembic head.
     check_migrations: bool = True

@@ -62,7 +62,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.metrics = metrics
     app.state.key_cache = KeyCache(settings.api_key_cache_seconds)
     app.state.model_cache = ModelCache(db.session_factory, refresh_seconds=settings.model_refresh_seconds,
-                                       device=scoring_device(settings), metrics=metrics)
+                                       device=scoring_device(settings), metrics=metrics,
+                                       scoring_concurrency=settings.scoring_concurrency)
 
     install_error_handlers(app)
 

@@ -42,11 +42,17 @@ class LoadedModel:
     user_position: dict[int, int] = field(repr=False)
     item_position: dict[int, int] = field(repr=False)
     orientation: str = "user"
+    # Shared by all models of the process: how many scoring passes may run at once (see ModelCache).
+    slot: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1), repr=False)
 
 
 class ModelCache:
-    def __init__(self, session_factory, *, refresh_seconds: float, device: str | None, metrics=None):
+    def __init__(self, session_factory, *, refresh_seconds: float, device: str | None, metrics=None,
+                 scoring_concurrency: int = 1):
         self.session_factory = session_factory
+        # A scoring pass is CPU-bound (or one GPU stream): running several at once in one process only makes
+        # them contend for the cores and the GIL, so requests queue for a slot and their database work overlaps.
+        self.scoring_slot = threading.Semaphore(scoring_concurrency)
         self.refresh_seconds = refresh_seconds
         self.device = device
         self.metrics = metrics
@@ -131,7 +137,8 @@ class ModelCache:
         loaded = LoadedModel(
             name=entry.name, version=entry.version, version_id=entry.version_id, model=model, user_ids=user_ids,
             item_ids=item_ids, user_position={int(u): i for i, u in enumerate(user_ids)},
-            item_position={int(t): i for i, t in enumerate(item_ids)}, orientation=model.config.orientation)
+            item_position={int(t): i for i, t in enumerate(item_ids)}, orientation=model.config.orientation,
+            slot=self.scoring_slot)
         if self.metrics is not None:
             self.metrics.model_version.labels(entry.name).set(entry.version)
             self.metrics.model_loads.labels(entry.name).inc()

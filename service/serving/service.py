@@ -89,11 +89,13 @@ def recommend(session: Session, loaded: LoadedModel, known: Known, *, n: int, of
     model = loaded.model
     if known.source == "popularity":
         ranked = [(i, s, None) for i, s in model.popular_items(n, offset)]
-        expected = model.expected_rating([], [], items=[i for i, _, _ in ranked]) if ranked else []
+        with loaded.slot:
+            expected = model.expected_rating([], [], items=[i for i, _, _ in ranked]) if ranked else []
         ranked = [(i, s, float(e)) for (i, s, _), e in zip(ranked, expected, strict=True)]
     else:
-        ranked = model.recommend(known.item_idx, known.ratings, n=n, offset=offset, exclude_known=exclude_rated,
-                                 user_index=known.user_index)
+        with loaded.slot:
+            ranked = model.recommend(known.item_idx, known.ratings, n=n, offset=offset, exclude_known=exclude_rated,
+                                     user_index=known.user_index)
     internal = [int(loaded.item_ids[i]) for i, _, _ in ranked]
     names = catalog_repository.external_ids_for(session, Item, internal)
     items = [{"item": names[iid][0], "title": names[iid][1], "score": score, "expected_rating": expected}
@@ -107,8 +109,9 @@ def predict(session: Session, loaded: LoadedModel, known: Known, items: list[str
     ids = item_ids(session, items)
     positions = [loaded.item_position.get(ids[e]) for e in items]
     in_model = [p for p in positions if p is not None]
-    probs = model.predict_proba(known.item_idx, known.ratings, items=in_model, user_index=known.user_index) \
-        if in_model else torch.zeros(0, model.num_values)
+    with loaded.slot:
+        probs = model.predict_proba(known.item_idx, known.ratings, items=in_model, user_index=known.user_index) \
+            if in_model else torch.zeros(0, model.num_values)
     # An item the version has never seen: the model's global rating histogram.
     prior = model.global_hist.to(torch.float64)
     values = torch.arange(1, model.num_values + 1, dtype=torch.float64)
@@ -133,8 +136,10 @@ def reconstruct(session: Session, loaded: LoadedModel, known: Known, *, items: l
     ignored = [e for e in dict.fromkeys(items) if ids[e] not in loaded.item_position]
     result: list[dict] = []
     if kept:
-        drawn, free_energy = model.reconstruct(known.item_idx, known.ratings, items=[p for _, p in kept], steps=steps,
-                                               num_samples=samples, seed=seed, user_index=known.user_index)
+        with loaded.slot:
+            drawn, free_energy = model.reconstruct(known.item_idx, known.ratings, items=[p for _, p in kept],
+                                                   steps=steps, num_samples=samples, seed=seed,
+                                                   user_index=known.user_index)
         for s in range(drawn.shape[0]):
             result.append({"ratings": {e: int(drawn[s, j]) for j, (e, _) in enumerate(kept)},
                            "free_energy": float(free_energy[s])})
