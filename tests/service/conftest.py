@@ -31,7 +31,7 @@ TABLES = "ratings, model_versions, training_jobs, model_definitions, users, item
 
 # Learns the planted tastes below in about a second.
 TINY = {"num_hidden": 6, "epochs": 20, "batch_size": 4, "learning_rate": 0.3, "momentum": 0.5,
-        "k_schedule": [[0, 1]], "ranking": "rating", "patience": 1000}
+        "k_schedule": [[0, 1]], "ranking": "rating", "patience": 1000, "averaging": 0.0}
 
 
 def _server_url() -> str:
