@@ -53,5 +53,5 @@ DEMO_MODEL = {
     "orientation": "user",
     "description": "softmax RBM on the synthetic demo data (rbmrec demo)",
     "hyperparameters": {"num_hidden": 24, "epochs": 12, "batch_size": 32, "learning_rate": 0.3, "patience": 12,
-                        "engagement_hidden": 16, "engagement_epochs": 5},
+                        "averaging": 0.0, "engagement_hidden": 16, "engagement_epochs": 5},
 }
