@@ -33,8 +33,8 @@ def planted_tastes(num_users=240, num_items=60, groups=3, density=0.35, seed=0) 
     return RatingMatrix(users, items, ratings, num_users, num_items)
 
 
-FAST = dict(num_hidden=20, epochs=25, batch_size=16, learning_rate=0.3, weight_decay=0.001,
-            k_schedule=((0, 1), (10, 3)), engagement_hidden=10, engagement_epochs=5, patience=5)
+FAST = dict(num_hidden=20, epochs=25, batch_size=16, learning_rate=0.5, weight_decay=0.001,
+            k_schedule=((0, 1), (10, 3)), engagement_hidden=10, engagement_epochs=5, patience=8, averaging=0.0)
 
 
 @pytest.fixture(scope="module")
