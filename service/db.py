@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
@@ -102,8 +102,4 @@ def get_session(request: Request) -> Iterator[Session]:
 
 # The request's session, committed before the response is sent (scope="function"), so a failed commit
 # becomes an error response rather than a silent loss after a 200.
-from typing import Annotated  # noqa: E402
-
-from fastapi import Depends  # noqa: E402
-
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
