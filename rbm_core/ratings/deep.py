@@ -176,7 +176,8 @@ def train_deep(net, view: RatingMatrix, config, *, validation_metric: Callable[[
         net, estimator, optimizer=optimizer, batch_size=config.batch_size, epochs=config.epochs,
         scheduler=lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, config.lr_decay),
         metrics=metrics, callbacks=[callback] if callback is not None else [], early_stopping=early,
-        progress=False, generator=generator, should_stop=should_stop,
+        progress=False, should_stop=should_stop,
+        generator=generator if next(net.parameters()).device.type == "cpu" else None,  # see _train_engagement
     )
     history = trainer.fit(data)
     return [dict(row) for row in history.epochs], history.best_epoch

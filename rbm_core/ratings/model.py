@@ -828,7 +828,10 @@ def _train_engagement(train: RatingMatrix, config: RatingModelConfig, device, ge
     rbm.init_visible_bias_from_data(implicit)
     trainer = Trainer(rbm, ContrastiveDivergence(1), learning_rate=config.engagement_learning_rate,
                       momentum=config.momentum, weight_decay=config.weight_decay, batch_size=max(config.batch_size, 16),
-                      epochs=config.engagement_epochs, progress=False, generator=generator, should_stop=should_stop)
+                      epochs=config.engagement_epochs, progress=False, should_stop=should_stop,
+                      # the Trainer shuffles on the CPU and samples on the device: one generator cannot
+                      # serve both off the CPU, so a CUDA run falls back to the global seed
+                      generator=generator if torch.device(device).type == "cpu" else None)
     trainer.fit(implicit)
     return rbm
 
