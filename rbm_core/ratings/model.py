@@ -428,10 +428,10 @@ class RatingModel:
         Returns ``(samples (S, len(items)) in 1..K, free energies (S,))``. Each sample starts from
         h ~ p(h | known ratings); a sweep draws the chosen items' ratings from p(v | h) and then
         h from p(h | known ratings ∪ sampled ratings), the known ratings staying clamped. The free
-        energy is F of the user's case with the sampled ratings filled in. Item-based models
-        reconstruct through the user-based view of the same conditionals: each item is drawn from
-        ``predict_proba`` (exact conditionals given the other users), so ``steps`` only matters
-        for user-based models."""
+        energy is F of the user's case with the sampled ratings filled in. Item-based and deep
+        models draw each item independently from ``predict_proba`` (its conditional given the
+        known ratings) and return -Σ log p(sampled ratings) in place of the free energy; ``steps``
+        only matters for user-based RBMs."""
         if steps < 1 or num_samples < 1:
             raise RatingModelError("steps and num_samples must be at least 1")
         item_idx, ratings = self._known(item_idx, ratings)
