@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import TINY, planted_ratings
+from service_support import TINY, planted_ratings
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 

@@ -4,7 +4,7 @@ training jobs; the training function's snapshot and evaluation."""
 from __future__ import annotations
 
 import pytest
-from conftest import TINY, define_and_train, load_planted
+from service_support import TINY, define_and_train, load_planted
 from test_catalog import _error
 
 from rbm_core.ratings import RatingModel

@@ -4,7 +4,7 @@ model computes from the user's ratings; fold-in for users the model never saw; t
 from __future__ import annotations
 
 import torch
-from conftest import define_and_train
+from service_support import define_and_train
 from test_catalog import _error
 
 from rbm_core.ratings import RatingModel
