@@ -1,0 +1,97 @@
+"""Exact fast products for 0/1 matrices on the CPU: x @ W for a binary x is the sum of the rows of W
+that x's ones select, so a sparse batch (MNIST images, sampled states) costs its ones, not its size.
+
+``binary_matmul(x, weight, bias)`` and ``binary_outer(vp, pp, vn, pn)`` return ``None`` whenever the fast
+path does not apply (not the CPU, autograd recording, values other than exactly 0 and 1, too dense, or
+too small to be worth it); the caller then takes its dense path. Results equal the dense products up to
+floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+# Densities above which the dense BLAS product is faster (measured on a 2-core AVX-512 CPU, one thread,
+# 784 x 500, batch 100: gathering rows breaks even near 25 % ones for x @ W and near 20 % for the
+# stacked gradient); products smaller than MIN_WORK multiply-adds stay dense.
+MAX_DENSITY = 0.25
+MAX_DENSITY_OUTER = 0.2
+MIN_WORK = 1 << 20
+
+_FLOAT_TYPES = (torch.float32, torch.float64)
+enabled = True  # module switch: False forces the dense path everywhere (for tests and comparisons)
+
+
+def _usable(*tensors: Tensor) -> bool:
+    if not enabled or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        return False
+    return all(
+        t.device.type == "cpu" and t.dim() == 2 and t.is_contiguous() and t.dtype in _FLOAT_TYPES for t in tensors
+    )
+
+
+def _is_binary(values: np.ndarray, ones: np.ndarray) -> bool:
+    """Whether every entry of ``values`` is exactly 0 or 1, given ``ones = values == 1``."""
+    return np.count_nonzero(ones) + np.count_nonzero(values == 0) == values.size
+
+
+def _bags(mask: np.ndarray, max_density: float) -> tuple[Tensor, Tensor] | None:
+    """(indices, offsets) for ``embedding_bag`` of a boolean ``(rows, cols)`` mask: each row's column
+    indices of its ones, or None when more than ``max_density`` of the entries are ones."""
+    rows, cols = mask.shape
+    if np.count_nonzero(mask) > max_density * mask.size:
+        return None
+    flat = np.flatnonzero(mask)
+    offsets = np.searchsorted(flat, np.arange(rows, dtype=np.int64) * cols)
+    return torch.from_numpy(flat % cols), torch.from_numpy(offsets)
+
+
+def binary_matmul(x: Tensor, weight: Tensor, bias: Tensor | None = None, max_density: float = MAX_DENSITY) -> Tensor | None:
+    """``bias + x @ weight`` for a 0/1 matrix ``x`` ``(batch, n)`` and ``weight`` ``(n, m)`` by summing
+    the selected rows of ``weight``; ``None`` where the dense product should be used instead."""
+    if x.shape[0] * weight.shape[0] * weight.shape[1] < MIN_WORK or x.dtype != weight.dtype:
+        return None
+    if not _usable(x, weight):
+        return None
+    values = x.detach().numpy()
+    ones = values == 1
+    if not _is_binary(values, ones):
+        return None
+    bags = _bags(ones, max_density)
+    if bags is None:
+        return None
+    out = F.embedding_bag(bags[0], weight, bags[1], mode="sum")
+    return out if bias is None else out.add_(bias)
+
+
+def binary_outer(
+    positive: Tensor,
+    positive_hidden: Tensor,
+    negative: Tensor,
+    negative_hidden: Tensor,
+    max_density: float = MAX_DENSITY_OUTER,
+) -> Tensor | None:
+    """``negativeᵀ negative_hidden / len(negative) - positiveᵀ positive_hidden / len(positive)``
+    ``(n, m)`` for 0/1 matrices ``positive`` / ``negative`` ``(batch, n)`` in one pass: row i is the sum
+    of the (signed, scaled) hidden rows of the samples whose unit i is on. ``None`` where the dense
+    products should be used instead."""
+    num_pos, num_neg = positive.shape[0], negative.shape[0]
+    n, m = positive.shape[1], positive_hidden.shape[1]
+    if (num_pos + num_neg) * n * m < MIN_WORK or not (positive.dtype == negative.dtype == positive_hidden.dtype):
+        return None
+    if not _usable(positive, positive_hidden, negative, negative_hidden):
+        return None
+    # Units along rows, samples along columns: bag i lists the samples whose unit i is on.
+    ones = np.empty((n, num_pos + num_neg), dtype=bool)
+    for values, columns in ((positive.detach().numpy(), ones[:, :num_pos]), (negative.detach().numpy(), ones[:, num_pos:])):
+        np.equal(values.T, 1, out=columns)
+        if np.count_nonzero(columns) + np.count_nonzero(values == 0) != values.size:
+            return None
+    bags = _bags(ones, max_density)
+    if bags is None:
+        return None
+    hidden = torch.cat([positive_hidden * (-1.0 / num_pos), negative_hidden * (1.0 / num_neg)])
+    return F.embedding_bag(bags[0], hidden, bags[1], mode="sum")
