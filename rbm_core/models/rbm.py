@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from rbm_core.sparse_binary import binary_matmul, binary_outer
 from rbm_core.units import BernoulliUnits, SoftmaxUnits, Units, units_from_spec
 
 
@@ -82,8 +83,11 @@ class RBM(nn.Module):
 
     # -- closed forms --------------------------------------------------------------------
     def hidden_field(self, v: Tensor) -> Tensor:
-        """c + Wᵀv, shape ``(batch, H)``."""
-        return torch.addmm(self.hidden_bias, self.visible.flatten(v), self.weight)
+        """c + Wᵀv, shape ``(batch, H)``. A sparse 0/1 batch on the CPU (data, sampled states) sums
+        the rows of W its ones select instead (``rbm_core.sparse_binary``; equal up to rounding)."""
+        v_flat = self.visible.flatten(v)
+        fast = binary_matmul(v_flat, self.weight, self.hidden_bias)
+        return fast if fast is not None else torch.addmm(self.hidden_bias, v_flat, self.weight)
 
     def visible_field(self, h: Tensor) -> Tensor:
         """b + Wh in the visible layer's state shape."""
@@ -178,6 +182,13 @@ class RBM(nn.Module):
         grad_c = _grad_buffer(self.hidden_bias)
         # dF/dW = -v p(h|v)ᵀ, so the gradient is E_model[v hᵀ] - E_data[v hᵀ].
         if negative_weights is None:
+            # sparse 0/1 batches on the CPU: both phases in one pass over the ones (sparse_binary)
+            outer = binary_outer(vp, positive_hidden, vn, negative_hidden)
+            if outer is not None:
+                grad_w.copy_(outer)
+                torch.mean(vn, 0, out=grad_b).sub_(vp.mean(0))
+                torch.mean(negative_hidden, 0, out=grad_c).sub_(positive_hidden.mean(0))
+                return
             torch.mm(vn.t(), negative_hidden, out=grad_w).div_(vn.shape[0])
             torch.mean(vn, 0, out=grad_b)
             torch.mean(negative_hidden, 0, out=grad_c)
