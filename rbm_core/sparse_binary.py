@@ -14,11 +14,13 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-# Densities above which the dense BLAS product is faster (measured on a 2-core AVX-512 CPU, one thread,
-# 784 x 500, batch 100: gathering rows breaks even near 25 % ones for x @ W and near 20 % for the
-# stacked gradient); products smaller than MIN_WORK multiply-adds stay dense.
+# Densities above which the dense BLAS product is faster (measured on a 2-core AVX-512 CPU, 784 x 500,
+# batch 100: gathering rows breaks even near 25 % ones for x @ W with one or two threads, and near 20 %
+# (one thread) or 12 % (two threads, where the index building stays serial) for the stacked gradient);
+# products smaller than MIN_WORK multiply-adds stay dense.
 MAX_DENSITY = 0.25
 MAX_DENSITY_OUTER = 0.2
+MAX_DENSITY_OUTER_THREADED = 0.12
 MIN_WORK = 1 << 20
 
 _FLOAT_TYPES = (torch.float32, torch.float64)
@@ -52,7 +54,9 @@ def _bags(mask: np.ndarray, max_density: float) -> tuple[Tensor, Tensor] | None:
 def binary_matmul(x: Tensor, weight: Tensor, bias: Tensor | None = None, max_density: float = MAX_DENSITY) -> Tensor | None:
     """``bias + x @ weight`` for a 0/1 matrix ``x`` ``(batch, n)`` and ``weight`` ``(n, m)`` by summing
     the selected rows of ``weight``; ``None`` where the dense product should be used instead."""
-    if x.shape[0] * weight.shape[0] * weight.shape[1] < MIN_WORK or x.dtype != weight.dtype:
+    if x.dim() != 2 or x.shape[1] != weight.shape[0] or x.dtype != weight.dtype:
+        return None  # the dense product reports any shape error
+    if x.shape[0] * weight.shape[0] * weight.shape[1] < MIN_WORK:
         return None
     if not _usable(x, weight):
         return None
@@ -72,17 +76,19 @@ def binary_outer(
     positive_hidden: Tensor,
     negative: Tensor,
     negative_hidden: Tensor,
-    max_density: float = MAX_DENSITY_OUTER,
+    max_density: float | None = None,
 ) -> Tensor | None:
     """``negativeᵀ negative_hidden / len(negative) - positiveᵀ positive_hidden / len(positive)``
     ``(n, m)`` for 0/1 matrices ``positive`` / ``negative`` ``(batch, n)`` in one pass: row i is the sum
     of the (signed, scaled) hidden rows of the samples whose unit i is on. ``None`` where the dense
     products should be used instead."""
+    if not _usable(positive, positive_hidden, negative, negative_hidden):
+        return None
     num_pos, num_neg = positive.shape[0], negative.shape[0]
     n, m = positive.shape[1], positive_hidden.shape[1]
-    if (num_pos + num_neg) * n * m < MIN_WORK or not (positive.dtype == negative.dtype == positive_hidden.dtype):
+    if not positive.dtype == negative.dtype == positive_hidden.dtype == negative_hidden.dtype:
         return None
-    if not _usable(positive, positive_hidden, negative, negative_hidden):
+    if negative.shape[1] != n or negative_hidden.shape[1] != m or (num_pos + num_neg) * n * m < MIN_WORK:
         return None
     # Units along rows, samples along columns: bag i lists the samples whose unit i is on.
     ones = np.empty((n, num_pos + num_neg), dtype=bool)
@@ -90,6 +96,8 @@ def binary_outer(
         np.equal(values.T, 1, out=columns)
         if np.count_nonzero(columns) + np.count_nonzero(values == 0) != values.size:
             return None
+    if max_density is None:
+        max_density = MAX_DENSITY_OUTER if torch.get_num_threads() == 1 else MAX_DENSITY_OUTER_THREADED
     bags = _bags(ones, max_density)
     if bags is None:
         return None
