@@ -12,6 +12,7 @@ scikit-learn trains on the same float32 array (``ratio_vs_sklearn``) and on a fl
 chooses for integer or boolean input (``ratio_vs_sklearn_float64``). Each figure is the best of
 ``--rounds`` interleaved rounds. The last line is machine-readable (first batch size):
 ``cd1_samples_per_s=... ratio_vs_sklearn=... ratio_vs_matmul=... ratio_vs_sklearn_float64=...``
+``--dense`` switches off rbm_core's sparse 0/1 fast path (``rbm_core.sparse_binary``) to compare.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rbm_core import RBM, ContrastiveDivergence, RBMConfig, Trainer  # noqa: E402
+from rbm_core import RBM, ContrastiveDivergence, RBMConfig, Trainer, sparse_binary  # noqa: E402
 
 NUM_VISIBLE, NUM_HIDDEN = 784, 500
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist" / "train-images-idx3-ubyte.gz"
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch and for scikit-learn's BLAS alike (default: library defaults)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dense", action="store_true",
+                        help="switch off rbm_core's sparse 0/1 fast path (rbm_core.sparse_binary), for comparison")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -129,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             threadpool_limits(args.threads)
 
+    if args.dense:
+        sparse_binary.enabled = False
     device = torch.device(args.device)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     data_np, source = load_binary_images(args.data, args.rows, args.seed)
@@ -138,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     sklearn_data = {"float32": data_np, "float64": data_np.astype(np.float64)}
     print(f"data: {len(data_np)} rows of {source}")
     print(f"device: {device}  torch {torch.__version__}  threads {torch.get_num_threads()}  "
+          f"sparse 0/1 fast path {'on' if sparse_binary.enabled else 'off'}  "
           f"rounds {args.rounds} (best of each reported; the machine may be shared)")
 
     results = []
