@@ -35,17 +35,17 @@ def _usable(*tensors: Tensor) -> bool:
     )
 
 
-def _is_binary(values: np.ndarray, ones: np.ndarray) -> bool:
-    """Whether every entry of ``values`` is exactly 0 or 1, given ``ones = values == 1``."""
-    return np.count_nonzero(ones) + np.count_nonzero(values == 0) == values.size
+def _count_binary(values: np.ndarray, ones: np.ndarray) -> int | None:
+    """The number of ones of ``values`` (given ``ones = values == 1``), or None if some entry is
+    neither exactly 0 nor exactly 1."""
+    count = np.count_nonzero(ones)
+    return count if count + np.count_nonzero(values == 0) == values.size else None
 
 
-def _bags(mask: np.ndarray, max_density: float) -> tuple[Tensor, Tensor] | None:
-    """(indices, offsets) for ``embedding_bag`` of a boolean ``(rows, cols)`` mask: each row's column
-    indices of its ones, or None when more than ``max_density`` of the entries are ones."""
+def _bags(mask: np.ndarray) -> tuple[Tensor, Tensor]:
+    """(indices, offsets) for ``embedding_bag`` of a boolean ``(rows, cols)`` mask: each row's
+    column indices of its ones."""
     rows, cols = mask.shape
-    if np.count_nonzero(mask) > max_density * mask.size:
-        return None
     flat = np.flatnonzero(mask)
     offsets = np.searchsorted(flat, np.arange(rows, dtype=np.int64) * cols)
     return torch.from_numpy(flat % cols), torch.from_numpy(offsets)
@@ -62,12 +62,11 @@ def binary_matmul(x: Tensor, weight: Tensor, bias: Tensor | None = None, max_den
         return None
     values = x.detach().numpy()
     ones = values == 1
-    if not _is_binary(values, ones):
+    count = _count_binary(values, ones)
+    if count is None or count > max_density * values.size:
         return None
-    bags = _bags(ones, max_density)
-    if bags is None:
-        return None
-    out = F.embedding_bag(bags[0], weight, bags[1], mode="sum")
+    indices, offsets = _bags(ones)
+    out = F.embedding_bag(indices, weight, offsets, mode="sum")
     return out if bias is None else out.add_(bias)
 
 
@@ -90,16 +89,21 @@ def binary_outer(
         return None
     if negative.shape[1] != n or negative_hidden.shape[1] != m or (num_pos + num_neg) * n * m < MIN_WORK:
         return None
-    # Units along rows, samples along columns: bag i lists the samples whose unit i is on.
-    ones = np.empty((n, num_pos + num_neg), dtype=bool)
-    for values, columns in ((positive.detach().numpy(), ones[:, :num_pos]), (negative.detach().numpy(), ones[:, num_pos:])):
-        np.equal(values.T, 1, out=columns)
-        if np.count_nonzero(columns) + np.count_nonzero(values == 0) != values.size:
-            return None
     if max_density is None:
         max_density = MAX_DENSITY_OUTER if torch.get_num_threads() == 1 else MAX_DENSITY_OUTER_THREADED
-    bags = _bags(ones, max_density)
-    if bags is None:
+    arrays = (positive.detach().numpy(), negative.detach().numpy())
+    num_ones = 0
+    for values in arrays:  # cheap checks first, so a dense batch costs next to nothing
+        count = _count_binary(values, values == 1)
+        if count is None:
+            return None
+        num_ones += count
+    if num_ones > max_density * (num_pos + num_neg) * n:
         return None
+    # Units along rows, samples along columns: bag i lists the samples whose unit i is on.
+    ones = np.empty((n, num_pos + num_neg), dtype=bool)
+    np.equal(arrays[0].T, 1, out=ones[:, :num_pos])
+    np.equal(arrays[1].T, 1, out=ones[:, num_pos:])
+    indices, offsets = _bags(ones)
     hidden = torch.cat([positive_hidden * (-1.0 / num_pos), negative_hidden * (1.0 / num_neg)])
-    return F.embedding_bag(bags[0], hidden, bags[1], mode="sum")
+    return F.embedding_bag(indices, hidden, offsets, mode="sum")
