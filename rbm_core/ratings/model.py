@@ -285,10 +285,7 @@ class RatingModel:
         if self.config.kind != "rbm" and self.config.orientation == "user":
             probs = self._deep_proba(item_idx, ratings, items)
         elif self.config.orientation == "user":
-            batch = _single_case(item_idx, ratings, self.config.conditional).to(self.device)
-            logits = self.net.query_logits(batch, torch.zeros_like(items).to(self.device), items.to(self.device),
-                                           exact=self.config.prediction == "exact")
-            probs = torch.softmax(logits, -1).cpu()
+            probs = torch.softmax(self._user_case_logits(item_idx, ratings, items), -1).cpu()
         else:
             probs = self._item_based_proba(item_idx, ratings, items, user_index)
         return self._apply_unseen_fallback(probs, items, ratings)
@@ -305,6 +302,8 @@ class RatingModel:
 
     def _item_based_proba(self, item_idx: Tensor, ratings: Tensor, items: Tensor, user_index: int | None) -> Tensor:
         if user_index is not None:
+            if self.config.kind == "rbm":
+                return self._training_user_proba(user_index, items)
             users = torch.full_like(items, user_index)
             return self.predict_pairs(users, items, self.train_data)
         weight, bias = self.fold_in_weights(item_idx, ratings)
@@ -389,14 +388,127 @@ class RatingModel:
     def engagement_log_prob(self, item_idx: Tensor) -> Tensor:
         """log p(rated_q = 1 | the user's other rated indicators) for every item, ``(num_items,)``,
         exact in the implicit Bernoulli RBM."""
-        rbm = self.engagement
-        r = torch.zeros(1, self.num_items, dtype=rbm.weight.dtype, device=rbm.weight.device)
-        r[0, item_idx.to(r.device)] = 1.0
-        x = rbm.hidden_field(r)[0]  # (H,)
-        w = rbm.weight  # (N, H)
-        base = x - r[0].unsqueeze(-1) * w  # field with r_q = 0
-        logit = rbm.visible_bias + (F.softplus(base + w) - F.softplus(base)).sum(-1)
+        cache = self._serving()
+        w, a = cache["engagement_weight"], cache["engagement_visible_bias"]  # (N, H), (N,)
+        rated = torch.unique(item_idx.long()).to(w.device)
+        x = cache["engagement_hidden_bias"] + w[rated].sum(0)  # (H,)
+        # An unrated q: field x with r_q = 0 and x + w_q with r_q = 1. A rated q: x - w_q and x.
+        soft_x = F.softplus(x)
+        logit = a + (_softplus(x, w, cache["engagement_exp_weight"]) - soft_x).sum(-1)
+        if rated.numel():
+            logit[rated] = a[rated] + (soft_x - F.softplus(x - w[rated])).sum(-1)
         return F.logsigmoid(logit).cpu().to(self.dtype)
+
+    # -- serving: one user's pass over every item ----------------------------------------------
+    def _serving(self) -> dict[str, Any]:
+        """The user-independent terms of a scoring pass (effective weights, biases), built once per
+        parameter state: a served version never changes, and any in-place update of a parameter
+        (training, ``load_state_dict``) bumps its version counter and so rebuilds them."""
+        params = list(self.net.parameters()) + (list(self.engagement.parameters()) if self.engagement is not None else [])
+        key = tuple((id(p), p._version) for p in params)
+        cache = getattr(self, "_serving_cache", None)
+        if cache is not None and cache["key"] == key:
+            return cache
+        cache = {"key": key}
+        with torch.no_grad():
+            if self.config.kind == "rbm":
+                net = self.net
+                weight = net.effective_weight.detach().contiguous()  # (N, K, H)
+                cache["weight"] = weight
+                cache["exp_weight"] = (weight.exp(), float(weight.max())) if self.config.prediction == "exact" else None
+                cache["flat_weight"] = weight.view(-1, weight.shape[-1])
+                cache["visible_bias"] = net.visible_bias.detach()
+                cache["hidden_bias"] = net.hidden_bias.detach()
+                cache["conditional_weight"] = net.conditional_weight.detach() if self.config.conditional else None
+            if self.engagement is not None:
+                cache["engagement_weight"] = self.engagement.weight.detach().contiguous()
+                w = cache["engagement_weight"]
+                cache["engagement_exp_weight"] = (w.exp(), float(w.max()))
+                cache["engagement_visible_bias"] = self.engagement.visible_bias.detach()
+                cache["engagement_hidden_bias"] = self.engagement.hidden_bias.detach()
+        self._serving_cache = cache
+        return cache
+
+    def _unit_logits(self, base: Tensor, weight: Tensor, bias: Tensor,
+                     exp_weight: tuple[Tensor, float] | None = None) -> Tensor:
+        """Logits of softmax units with weights ``weight`` ``(P or 1, K, H)`` and biases ``bias`` given
+        hidden fields ``base`` ``(P, H)`` (or ``(H,)``) that leave the unit out: exact
+        Σ_j softplus(base_j + W_kj), or the one-step mean field Σ_j W_kj σ(base_j).
+        ``exp_weight`` = (exp(weight), max(weight)), when given, turns each softplus into log1p(e^base · e^W)."""
+        if self.config.prediction == "exact":
+            return _softplus_sum(base.unsqueeze(-2), weight, exp_weight) + bias
+        if base.dim() == 1:
+            return weight @ torch.sigmoid(base) + bias
+        return torch.einsum("pkh,ph->pk", weight.expand(base.shape[0], -1, -1), torch.sigmoid(base)) + bias
+
+    def _user_case_logits(self, item_idx: Tensor, ratings: Tensor, items: Tensor) -> Tensor:
+        """User-based RBM: unnormalised log p(v_q = k | the user's other ratings) for ``items``,
+        ``(len(items), K)``; the same conditional as ``SoftmaxRBMNet.query_logits`` on the user's
+        case, computed once for the field shared by every unrated item."""
+        cache = self._serving()
+        weight, bias, cond = cache["weight"], cache["visible_bias"], cache["conditional_weight"]
+        device = weight.device
+        units, values = item_idx.to(device), ratings.to(device)
+        x = cache["hidden_bias"] + cache["flat_weight"][units * self.num_values + values - 1].sum(0)  # (H,)
+        if cond is not None:
+            x = x + cond[units].sum(0)  # "the user rated these" (the indicator r)
+        whole = items.numel() == self.num_items and bool((items == torch.arange(self.num_items)).all())
+        query = None if whole else items.to(device)
+        w = weight if whole else weight[query]
+        b = bias if whole else bias[query]
+        if cond is None:
+            logits = self._unit_logits(x, w, b, cache["exp_weight"] if whole else None)
+        else:  # an unrated q is asked "given that the user rates q": its D row joins the field
+            logits = self._unit_logits(x + (cond if whole else cond[query]), w, b)
+        own = torch.zeros(self.num_items, dtype=torch.long, device=device)
+        own[units] = values
+        own_q = own if whole else own[query]
+        seen = torch.nonzero(own_q > 0)[:, 0]
+        if seen.numel():  # a rated q: its own rating leaves the field (and r_q = 1 already)
+            q = seen if whole else query[seen]
+            logits[seen] = self._unit_logits(x - weight[q, own_q[seen] - 1], weight[q], bias[q])
+        return logits
+
+    def _training_user_proba(self, user_index: int, items: Tensor) -> Tensor:
+        """Item-based RBM, a training user u: p(v_u = k | case q) for ``items`` from the cached
+        item-case fields with u's own rating of q (if any) taken out; ``predict_pairs`` for one user."""
+        cache = self._serving()
+        fields = self._item_case_fields()  # (num_items, H)
+        device = fields.device
+        rows = getattr(self, "_user_rows", None)
+        if rows is None:
+            train = self.train_data
+            rows = self._user_rows = CaseStore(self.num_users, train.users, train.items, train.ratings)
+        lo, hi = int(rows.indptr[user_index]), int(rows.indptr[user_index + 1])
+        rated_items, rated_values = rows.unit[lo:hi].to(device), rows.rating[lo:hi].to(device)
+        query = items.to(device)
+        w_u, b_u = cache["weight"][user_index], cache["visible_bias"][user_index]  # (K, H), (K,)
+        own = torch.zeros(self.num_items, dtype=torch.long, device=device)
+        own[rated_items] = rated_values
+        own_q = own[query]
+        base = fields[query]
+        seen = own_q > 0
+        if bool(seen.any()):
+            base[seen] -= w_u[own_q[seen] - 1]
+        cond = cache["conditional_weight"]
+        if cond is not None:  # D_u joins the field of every case q that u did not rate (train or extra)
+            rated = torch.zeros(self.num_items, dtype=torch.bool, device=device)
+            rated[rated_items] = True
+            if self.rated_extra is not None:
+                extra = self.rated_extra
+                rated[extra.items[extra.users == user_index].to(device)] = True
+            base = base + cond[user_index] * (~rated[query]).unsqueeze(-1).to(base.dtype)
+        exp_w = (cache["exp_weight"][0][user_index], float(w_u.max())) if cache["exp_weight"] is not None else None
+        probs = torch.softmax(self._unit_logits(base, w_u, b_u, exp_w), -1).cpu()
+        # the fallbacks of predict_pairs: items never rated in training, a user with no training ratings
+        if hi == lo:
+            return self.item_fallback[items].to(probs.dtype)
+        unseen = self.item_counts[items] == 0
+        if bool(unseen.any()):
+            hist = torch.bincount(rows.rating[lo:hi] - 1, minlength=self.num_values).double()
+            prior = self.config.fallback_prior
+            probs[unseen] = ((hist + prior * self.global_hist) / (hist.sum() + prior)).to(probs.dtype)
+        return probs
 
     @torch.no_grad()
     def recommend(self, item_idx, ratings, n: int = 10, offset: int = 0, exclude_known: bool = True,
@@ -648,6 +760,22 @@ class RatingModel:
         model.history = list(header.get("history", []))
         model.train_seconds = float(header.get("train_seconds", 0.0))
         return model
+
+
+def _softplus(base: Tensor, weight: Tensor, exp_weight: tuple[Tensor, float] | None = None) -> Tensor:
+    """softplus(base + weight), broadcast. With ``exp_weight`` = (exp(weight), max(weight)) it is log1p(e^base ·
+    e^weight): one exp per element of ``base`` instead of one per element of the (larger) result,
+    within float rounding of softplus; used only where neither factor can overflow or lose
+    precision (|base| < 80 and base + weight < 80), else the plain softplus."""
+    if exp_weight is not None and base.numel():
+        low, high = torch.aminmax(base)
+        if float(low) > -80.0 and float(high) + exp_weight[1] < 80.0:
+            return torch.exp(base).mul(exp_weight[0]).log1p_()
+    return F.softplus(base + weight)
+
+
+def _softplus_sum(base: Tensor, weight: Tensor, exp_weight: tuple[Tensor, float] | None = None) -> Tensor:
+    return _softplus(base, weight, exp_weight).sum(-1)
 
 
 def _single_case(item_idx: Tensor, ratings: Tensor, conditional: bool) -> CaseBatch:
