@@ -42,6 +42,11 @@ class LoadedModel:
     user_position: dict[int, int] = field(repr=False)
     item_position: dict[int, int] = field(repr=False)
     orientation: str = "user"
+    # Item id -> (external id, title, fetched at): recommendations name their items without a query while an
+    # entry is younger than ``names_max_age`` (the model refresh interval), so a renamed or deleted item shows
+    # the change within that time, as an activation does.
+    names: dict[int, tuple[str, str | None, float]] = field(default_factory=dict, repr=False)
+    names_max_age: float = 2.0
     # Shared by all models of the process: how many scoring passes may run at once (see ModelCache).
     slot: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1), repr=False)
 
@@ -138,7 +143,7 @@ class ModelCache:
             name=entry.name, version=entry.version, version_id=entry.version_id, model=model, user_ids=user_ids,
             item_ids=item_ids, user_position={int(u): i for i, u in enumerate(user_ids)},
             item_position={int(t): i for i, t in enumerate(item_ids)}, orientation=model.config.orientation,
-            slot=self.scoring_slot)
+            names_max_age=self.refresh_seconds, slot=self.scoring_slot)
         if self.metrics is not None:
             self.metrics.model_version.labels(entry.name).set(entry.version)
             self.metrics.model_loads.labels(entry.name).inc()

@@ -4,6 +4,7 @@ with no usable ratings, the answer is the most-rated items, labelled ``popularit
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -80,6 +81,30 @@ def item_ids(session: Session, external_ids: list[str]) -> dict[str, int]:
     return found
 
 
+def item_names(session: Session, loaded: LoadedModel, internal: list[int]) -> dict[int, tuple[str, str | None]]:
+    """internal id -> (external id, title) of the items that exist, from the loaded version's name cache, querying
+    only the ids it lacks or holds for longer than its ``names_max_age``."""
+    now = time.monotonic()
+    cache = loaded.names
+    found: dict[int, tuple[str, str | None]] = {}
+    missing = []
+    for iid in internal:
+        hit = cache.get(iid)
+        if hit is not None and now - hit[2] < loaded.names_max_age:
+            found[iid] = (hit[0], hit[1])
+        else:
+            missing.append(iid)
+    if missing:
+        fetched = catalog_repository.external_ids_for(session, Item, missing)
+        for iid in missing:
+            if iid in fetched:
+                found[iid] = fetched[iid]
+                cache[iid] = (*fetched[iid], now)
+            else:  # deleted: not named, not cached
+                cache.pop(iid, None)
+    return found
+
+
 def check_limits(*, n: int, offset: int, max_n: int) -> None:
     if n > max_n:
         raise ApiError(422, f"n must be at most {max_n}", details=[{"loc": ["query", "n"], "msg": "too large"}])
@@ -97,7 +122,7 @@ def recommend(session: Session, loaded: LoadedModel, known: Known, *, n: int, of
             ranked = model.recommend(known.item_idx, known.ratings, n=n, offset=offset, exclude_known=exclude_rated,
                                      user_index=known.user_index)
     internal = [int(loaded.item_ids[i]) for i, _, _ in ranked]
-    names = catalog_repository.external_ids_for(session, Item, internal)
+    names = item_names(session, loaded, internal)
     items = [{"item": names[iid][0], "title": names[iid][1], "score": score, "expected_rating": expected}
              for iid, (_, score, expected) in zip(internal, ranked, strict=True) if iid in names]
     return {"user": known.user, "model": loaded.name, "version": loaded.version, "source": known.source,

@@ -212,3 +212,19 @@ def test_unloadable_artifact_is_a_503_not_a_500(database, client, reader, traine
     error = _error(client.get("/v1/users/u000/recommendations", headers=reader), 503)
     assert error["code"] == "model_unavailable" and "cannot be loaded" in error["message"]
     assert client.get("/health/ready").status_code == 503
+
+
+def test_item_names_are_cached_for_their_max_age(database, client, reader, trained):
+    from sqlalchemy import text
+
+    first = client.get("/v1/users/u000/recommendations?n=3", headers=reader).json()["items"]
+    loaded = client.app.state.model_cache.get("tiny")
+    loaded.names_max_age = 3600.0  # as a served process with a long refresh interval
+    first = client.get("/v1/users/u000/recommendations?n=3", headers=reader).json()["items"]
+    with database.engine.begin() as conn:
+        conn.execute(text("UPDATE items SET title = 'renamed' WHERE external_id = :e"), {"e": first[0]["item"]})
+    cached = client.get("/v1/users/u000/recommendations?n=3", headers=reader).json()["items"]
+    assert cached == first  # named from the cache, no query
+    loaded.names_max_age = 0.0  # the entry has aged: the query runs again
+    fresh = client.get("/v1/users/u000/recommendations?n=3", headers=reader).json()["items"]
+    assert fresh[0]["title"] == "renamed" and [i["item"] for i in fresh] == [i["item"] for i in first]
