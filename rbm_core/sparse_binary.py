@@ -51,7 +51,9 @@ def _bags(mask: np.ndarray) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(flat % cols), torch.from_numpy(offsets)
 
 
-def binary_matmul(x: Tensor, weight: Tensor, bias: Tensor | None = None, max_density: float = MAX_DENSITY) -> Tensor | None:
+def binary_matmul(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, max_density: float = MAX_DENSITY
+) -> Tensor | None:
     """``bias + x @ weight`` for a 0/1 matrix ``x`` ``(batch, n)`` and ``weight`` ``(n, m)`` by summing
     the selected rows of ``weight``; ``None`` where the dense product should be used instead."""
     if x.dim() != 2 or x.shape[1] != weight.shape[0] or x.dtype != weight.dtype:

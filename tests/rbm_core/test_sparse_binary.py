@@ -22,8 +22,11 @@ def binary(rows, cols, density, seed, dtype=torch.float32):
 
 
 def model(dtype=torch.float32, seed=0, visible="bernoulli", num_values=2, num_visible=NUM_VISIBLE):
-    rbm = RBM(RBMConfig(num_visible, NUM_HIDDEN, visible, num_values, init_std=0.5), dtype=dtype,
-              generator=torch.Generator().manual_seed(seed))
+    rbm = RBM(
+        RBMConfig(num_visible, NUM_HIDDEN, visible, num_values, init_std=0.5),
+        dtype=dtype,
+        generator=torch.Generator().manual_seed(seed),
+    )
     with torch.no_grad():
         rbm.visible_bias.normal_(0, 1, generator=torch.Generator().manual_seed(seed + 1))
         rbm.hidden_bias.normal_(0, 1, generator=torch.Generator().manual_seed(seed + 2))
@@ -137,6 +140,7 @@ def test_a_cd1_epoch_ends_with_the_same_parameters(monkeypatch):
             out = function(*args, **kwargs)
             fast_calls.append((name, out is not None))
             return out
+
         return wrapper
 
     monkeypatch.setattr(rbm_module, "binary_matmul", counted(binary_matmul, "field"))
@@ -148,8 +152,17 @@ def test_a_cd1_epoch_ends_with_the_same_parameters(monkeypatch):
         with torch.no_grad():
             rbm.visible_bias.sub_(3.0)  # sparse reconstructions, like a model that has seen MNIST
         fast_calls.clear()
-        Trainer(rbm, ContrastiveDivergence(1), learning_rate=0.1, momentum=0.5, batch_size=BATCH, epochs=1,
-                metrics={}, progress=False, generator=torch.Generator().manual_seed(15)).fit(data)
+        Trainer(
+            rbm,
+            ContrastiveDivergence(1),
+            learning_rate=0.1,
+            momentum=0.5,
+            batch_size=BATCH,
+            epochs=1,
+            metrics={},
+            progress=False,
+            generator=torch.Generator().manual_seed(15),
+        ).fit(data)
         results.append([p.detach().clone() for p in rbm.parameters()])
         if enabled:  # most fields and gradients of the run went through the fast path
             for name in ("field", "grad"):
