@@ -518,6 +518,9 @@ class RatingModel:
         if n < 0 or offset < 0:
             raise RatingModelError("n and offset must be non-negative")
         item_idx, ratings = self._known(item_idx, ratings)
+        if (item_idx.numel() and self.config.ranking == "engagement" and self.engagement is not None
+                and self.config.ranking_weight >= 0 and 4 * (offset + n) < self.num_items):
+            return self._recommend_pruned(item_idx, ratings, n, offset, exclude_known, user_index)
         score, expected = self.ranking_scores(item_idx, ratings, user_index)
         score = score.clone()
         if exclude_known and item_idx.numel():
@@ -526,6 +529,37 @@ class RatingModel:
         keep = order[offset : offset + n]
         keep = keep[torch.isfinite(score[keep])]
         return [(int(i), float(score[i]), float(expected[i])) for i in keep]
+
+    _PRUNE_FIRST = 256  # items scored in the first round of _recommend_pruned (at least 4 (offset + n))
+
+    def _recommend_pruned(self, item_idx: Tensor, ratings: Tensor, n: int, offset: int, exclude_known: bool,
+                          user_index: int | None) -> list[tuple[int, float, float]]:
+        """``recommend`` with engagement ranking, without the rating conditional of every item. With
+        ranking_weight ≥ 0 the score engage(q) + w · log P(like_q) never exceeds engage(q), so items
+        are scored in decreasing engage, in growing rounds, until the (offset + n)-th best score beats
+        the engage of every item not yet scored: the same items, order and values as the full pass."""
+        engage = self.engagement_log_prob(item_idx)
+        if exclude_known:
+            engage = engage.clone()
+            engage[item_idx] = -math.inf
+        by_engage = torch.argsort(engage, descending=True, stable=True)
+        want = offset + n
+        values = torch.arange(1, self.num_values + 1, dtype=self.dtype)
+        size = max(4 * want, self._PRUNE_FIRST)
+        while True:
+            chosen = by_engage[:size]
+            chosen = torch.sort(chosen[torch.isfinite(engage[chosen])]).values  # by index: ties as in the full pass
+            probs = self.predict_proba(item_idx, ratings, chosen, user_index)
+            like = probs[:, self.config.like_threshold - 1 :].sum(-1).clamp_min(1e-12).log()
+            score = engage[chosen] + self.config.ranking_weight * like
+            order = torch.argsort(score, descending=True, stable=True)
+            bound = float(engage[by_engage[size]]) if size < self.num_items else -math.inf
+            if bound == -math.inf or (len(order) >= want and float(score[order[want - 1]]) > bound):
+                keep = order[offset:want]
+                keep = keep[torch.isfinite(score[keep])]
+                expected = probs[keep] @ values
+                return [(int(chosen[i]), float(score[i]), float(e)) for i, e in zip(keep, expected, strict=True)]
+            size *= 4
 
     def popular_items(self, n: int = 10, offset: int = 0) -> list[tuple[int, float]]:
         """Items by training rating count: (item index, count)."""

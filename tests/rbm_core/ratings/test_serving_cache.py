@@ -126,3 +126,30 @@ def test_large_fields_take_the_plain_softplus():
                                         torch.arange(model.num_items), ratings)
     assert torch.allclose(model.predict_proba(item_idx, ratings), want, atol=TOL, rtol=0)
     assert torch.allclose(model.engagement_log_prob(item_idx), reference_engagement(model, item_idx), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("orientation", ["user", "item"])
+@pytest.mark.parametrize("first_round", [8, 256])
+def test_pruned_recommend_equals_the_full_ranking(orientation, first_round, monkeypatch):
+    # engagement ranking scores items in decreasing engagement until the top is settled: the same top
+    # n as sorting the full ranking_scores, whatever the size of the first round
+    monkeypatch.setattr(RatingModel, "_PRUNE_FIRST", first_round)
+    model = random_model(orientation, "exact", False, seed=5)
+    with torch.no_grad():  # engagement biases spread out, so that likes change the order
+        model.engagement.visible_bias.mul_(0.3)
+    for user in range(0, 12):
+        item_idx, ratings = model.train_data.user_ratings(user)
+        if item_idx.numel() == 0:
+            continue
+        score, expected = model.ranking_scores(item_idx, ratings, user_index=user)
+        for exclude in (True, False):
+            full = score.clone()
+            if exclude:
+                full[item_idx] = -float("inf")
+            order = torch.argsort(full, descending=True, stable=True)
+            for n, offset in ((3, 0), (2, 3), (5, 1)):
+                got = model.recommend(item_idx, ratings, n=n, offset=offset, exclude_known=exclude, user_index=user)
+                want = order[offset:offset + n].tolist()
+                assert [i for i, _, _ in got] == want, (user, exclude, n, offset)
+                for i, s, e in got:
+                    assert abs(s - float(score[i])) < TOL and abs(e - float(expected[i])) < TOL
