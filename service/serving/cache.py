@@ -16,10 +16,14 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import undefer
 
+from service.catalog.models import Item
+from service.catalog.repository import external_ids_for
 from service.errors import ApiError
 from service.models.models import ModelDefinition, ModelVersion
 
 log = logging.getLogger(__name__)
+
+NAMES_MAX_AGE = 30.0  # seconds an item's external id and title are reused by recommendations
 
 
 @dataclass
@@ -42,9 +46,10 @@ class LoadedModel:
     user_position: dict[int, int] = field(repr=False)
     item_position: dict[int, int] = field(repr=False)
     orientation: str = "user"
-    # Item id -> (external id, title, fetched at): recommendations name their items without a query while an
-    # entry is younger than ``names_max_age`` (the model refresh interval), so a renamed or deleted item shows
-    # the change within that time, as an activation does.
+    # Item id -> (external id, title, fetched at), filled for every item of the version at load time:
+    # recommendations name their items without a query while an entry is younger than ``names_max_age``
+    # (NAMES_MAX_AGE, or the model refresh interval if longer), so a renamed or deleted item shows the change
+    # within that time.
     names: dict[int, tuple[str, str | None, float]] = field(default_factory=dict, repr=False)
     names_max_age: float = 2.0
     # Shared by all models of the process: how many scoring passes may run at once (see ModelCache).
@@ -143,7 +148,12 @@ class ModelCache:
             name=entry.name, version=entry.version, version_id=entry.version_id, model=model, user_ids=user_ids,
             item_ids=item_ids, user_position={int(u): i for i, u in enumerate(user_ids)},
             item_position={int(t): i for i, t in enumerate(item_ids)}, orientation=model.config.orientation,
-            names_max_age=self.refresh_seconds, slot=self.scoring_slot)
+            names_max_age=max(self.refresh_seconds, NAMES_MAX_AGE) if self.refresh_seconds > 0 else 0.0,
+            slot=self.scoring_slot)
+        fetched_at = time.monotonic()
+        with self.session_factory() as session:
+            names = external_ids_for(session, Item, [int(i) for i in item_ids])
+        loaded.names.update({iid: (*name, fetched_at) for iid, name in names.items()})
         if self.metrics is not None:
             self.metrics.model_version.labels(entry.name).set(entry.version)
             self.metrics.model_loads.labels(entry.name).inc()
