@@ -30,9 +30,10 @@ from rbm_core.ratings.model import RatingModelConfig, train_rating_model
 
 # Tuned on ML-100K / ML-1M validation data (the 10% carved from the training part).
 RBM_PRESETS: dict[str, dict[str, Any]] = {
-    "rbm-item": {"orientation": "item", "num_hidden": 200},
+    # weight decay 0.003 rather than 0.001: ML-100K validation 0.8946 vs 0.9061 (rbm-item)
+    "rbm-item": {"orientation": "item", "num_hidden": 200, "weight_decay": 0.003},
     "rbm-user": {"orientation": "user", "num_hidden": 100, "batch_size": 16, "learning_rate": 0.2},
-    "crbm-item": {"orientation": "item", "num_hidden": 200, "conditional": True},
+    "crbm-item": {"orientation": "item", "num_hidden": 200, "conditional": True, "weight_decay": 0.003},
     "crbm-user": {"orientation": "user", "num_hidden": 100, "batch_size": 16, "learning_rate": 0.2, "conditional": True},
     "dbm-item": {"kind": "dbm", "orientation": "item", "num_hidden": 100, "init_std": 0.1, "learning_rate": 0.3,
                  "averaging": 0.0, "mean_field_steps": 10},
