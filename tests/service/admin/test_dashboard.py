@@ -79,12 +79,20 @@ def text_of(driver, element_id: str) -> str:
     return driver.find_element(By.ID, element_id).text
 
 
+def submit(driver, button_id: str) -> None:
+    """Click a form's submit button and wait until the answer page has replaced the current one (reading
+    elements straight after the click can still find the old page)."""
+    old_page = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.ID, button_id).click()
+    wait(driver).until(conditions.staleness_of(old_page))
+
+
 def log_in(driver, site: LiveServer, key: str, next_path: str = "/admin/") -> None:
     driver.get(f"{site.url}/admin/login?next={quote(next_path, safe='')}")
     field = driver.find_element(By.ID, "api_key")
     field.clear()
     field.send_keys(key)
-    driver.find_element(By.ID, "login").click()
+    submit(driver, "login")
 
 
 def painted(driver, canvas_id: str) -> int:
@@ -313,12 +321,12 @@ def test_an_admin_creates_a_key_and_edits_a_schedule(site: LiveServer, seeded: S
 
     browser.get(f"{site.url}/admin/models/{MODEL}")
     browser.find_element(By.ID, "cron").send_keys("not a cron")
-    browser.find_element(By.ID, "save-schedule").click()
+    submit(browser, "save-schedule")
     assert "not a valid cron" in browser.find_element(By.CSS_SELECTOR, ".flash.error").text
     browser.find_element(By.ID, "cron").clear()
     browser.find_element(By.ID, "interval_seconds").send_keys("3600")
     browser.find_element(By.ID, "trigger_new_ratings").click()
-    browser.find_element(By.ID, "save-schedule").click()
+    submit(browser, "save-schedule")
     assert "saved" in browser.find_element(By.CSS_SELECTOR, ".flash").text
     assert "every 3,600 s" in text_of(browser, "schedule") and "on new ratings" in text_of(browser, "schedule")
     from service.models.models import ModelDefinition
