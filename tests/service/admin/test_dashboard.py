@@ -243,10 +243,10 @@ def test_the_new_version_shows_its_metrics_and_can_be_activated(site: LiveServer
     assert painted(browser, "chart-versions") > 500
     screenshot(browser, "model")
     inactive = next(number for number, (active, _) in before.items() if not active)
-    browser.find_element(By.ID, f"activate-{inactive}").click()
+    submit(browser, f"activate-{inactive}")
     assert f"v{inactive}" in text_of(browser, "confirm-question")
     assert not _versions(database_url)[inactive][0], "the confirmation page must not activate anything"
-    browser.find_element(By.ID, "confirm").click()
+    submit(browser, "confirm")
     wait(browser).until(conditions.presence_of_element_located((By.ID, f"version-{inactive}")))
     assert "active" in browser.find_element(By.CSS_SELECTOR, f"#version-{inactive} .badge").text
     after = _versions(database_url)
@@ -307,7 +307,7 @@ def test_an_admin_creates_a_key_and_edits_a_schedule(site: LiveServer, seeded: S
                                                      database_url: str) -> None:
     browser.get(f"{site.url}/admin/keys")
     browser.find_element(By.ID, "key-name").send_keys("from-the-dashboard")
-    browser.find_element(By.ID, "create-key").click()
+    submit(browser, "create-key")
     key = text_of(browser, "new-key")
     assert key.startswith("rbm_")
     assert get_status(site.url + "/v1/models", {"X-API-Key": key}) == 200
@@ -349,7 +349,7 @@ def test_pages_are_fast_and_logging_out_ends_the_session(site: LiveServer, seede
     screenshot(browser, "keys")
     browser.get(site.url + "/admin/jobs")
     screenshot(browser, "jobs")
-    browser.find_element(By.ID, "logout").click()
+    submit(browser, "logout")
     assert "/admin/login" in browser.current_url
     browser.get(site.url + "/admin/")
     assert "/admin/login" in browser.current_url
