@@ -66,6 +66,15 @@ def _beta(state: ChainState) -> float | Tensor:
     return 1.0 if state.beta is None else state.beta
 
 
+def clamped_state(model: LayeredModel, visible: Tensor, beta: Tensor | None = None) -> ChainState:
+    """Chains at ``visible`` (an encoded state) with every hidden layer at zero, before any update."""
+    zeros = [
+        torch.zeros(units.state_shape(visible.shape[0]), dtype=visible.dtype, device=visible.device)
+        for units in model.layers[1:]
+    ]
+    return ChainState((visible, *zeros), model.layers[0].mask(visible), beta)
+
+
 class BlockGibbs:
     """Alternating block Gibbs. ``init`` clamps the visible layer and samples the hidden layers
     upward; each ``step`` then samples all even layers given the odd ones, then all odd layers
@@ -81,11 +90,7 @@ class BlockGibbs:
     ) -> ChainState:
         """Chains clamped at ``visible`` (an encoded state); hidden layers sampled upward."""
         with torch.no_grad():
-            mask = model.layers[0].mask(visible)
-            layers: list[Tensor] = [visible]
-            for units in model.layers[1:]:
-                layers.append(torch.zeros(units.state_shape(visible.shape[0]), dtype=visible.dtype, device=visible.device))
-            state = ChainState(tuple(layers), mask, beta)
+            state = clamped_state(model, visible, beta)
             state = self._update(model, state, parity=1, generator=generator)
             return self._update(model, state, parity=0, generator=generator, include_visible=False)
 
@@ -156,12 +161,8 @@ class SingleSiteGibbs:
     ) -> ChainState:
         """Chains clamped at ``visible``; hidden layers start at zero and get one sweep."""
         with torch.no_grad():
-            mask = model.layers[0].mask(visible)
-            layers: list[Tensor] = [visible]
-            for units in model.layers[1:]:
-                layers.append(torch.zeros(units.state_shape(visible.shape[0]), dtype=visible.dtype, device=visible.device))
-            state = ChainState(tuple(layers), mask, beta)
-            return self.sweep(model, state, generator, range(1, len(layers)))
+            state = clamped_state(model, visible, beta)
+            return self.sweep(model, state, generator, range(1, len(state.layers)))
 
     def step(
         self, model: LayeredModel, state: ChainState, generator: torch.Generator | None = None
