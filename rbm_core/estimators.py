@@ -38,6 +38,14 @@ class ContrastiveDivergence:
         self.k = self._k(epoch) if callable(self._k) else self._k
 
     def negative_phase(self, model, positive: Tensor, generator: torch.Generator | None = None) -> NegativePhase:
+        fast = getattr(model, "binary_cd_chain", None)
+        if fast is not None and type(self.sampler) is BlockGibbs:
+            # an RBM with Bernoulli units runs the same chain fused (sparse_binary.binary_chain)
+            chain = fast(positive, self.k, generator)
+            if chain is not None:
+                means = (chain.visible_mean, chain.hidden_mean)
+                state = ChainState((chain.visible, chain.hidden), means=means)
+                return NegativePhase(state, {"positive_means": (None, chain.positive_hidden), "binary_chain": chain})
         state = self.sampler.init(model, positive, generator)
         positive_means = state.means
         state = self.sampler.run(model, state, self.k, generator)

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from rbm_core.sparse_binary import binary_matmul, binary_outer
+from rbm_core import sparse_binary
+from rbm_core.sparse_binary import BinaryChain, binary_matmul, binary_outer, chain_outer
 from rbm_core.units import BernoulliUnits, SoftmaxUnits, Units, units_from_spec
 
 
@@ -144,10 +145,28 @@ class RBM(nn.Module):
             negative_term = negative_free @ negative_weights.detach().to(negative_free.dtype)
         return self.free_energy(positive).mean() - negative_term
 
+    def binary_cd_chain(
+        self, positive: Tensor, num_steps: int, generator: torch.Generator | None = None
+    ) -> BinaryChain | None:
+        """CD-k's block-Gibbs chain from the 0/1 data ``positive`` in one fused pass on the CPU
+        (``sparse_binary.binary_chain``: the same transitions as ``BlockGibbs``), for Bernoulli
+        visible units and this class's own conditionals; ``None`` where it does not apply (the
+        estimator then runs ``BlockGibbs``)."""
+        if not sparse_binary.enabled or not isinstance(self.visible, BernoulliUnits):
+            return None
+        if type(self).hidden_field is not RBM.hidden_field or type(self).visible_field is not RBM.visible_field:
+            return None  # a subclass with its own conditionals (e.g. scaled inputs)
+        return sparse_binary.binary_chain(
+            self.weight, self.visible_bias, self.hidden_bias, positive, num_steps, generator
+        )
+
     def gradient_step(self, positive: Tensor, negative) -> None:
         """Trainer hook: write the CD/PCD gradient into ``.grad`` by the hand-written fast path,
         reusing the hidden means the chains already computed (p(h|v_data) from CD's start,
         p(h|v_model) from the last Gibbs step)."""
+        chain = negative.info.get("binary_chain")
+        if chain is not None and self._binary_chain_grads(positive, chain):
+            return
         positive_means = negative.info.get("positive_means")
         negative_means = negative.state.means
         self.contrastive_grads(
@@ -200,6 +219,18 @@ class RBM(nn.Module):
         grad_w.addmm_(vp.t(), positive_hidden, alpha=-1.0 / vp.shape[0])
         grad_b.sub_(vp.mean(0))
         grad_c.sub_(positive_hidden.mean(0))
+
+    @torch.no_grad()
+    def _binary_chain_grads(self, positive: Tensor, chain: BinaryChain) -> bool:
+        """``contrastive_grads`` of a ``binary_cd_chain`` run from the 0/1 patterns it kept; False
+        (nothing written) where the dense products should be used instead."""
+        outer = chain_outer(chain)
+        if outer is None:
+            return False
+        _grad_buffer(self.weight).copy_(outer)
+        torch.mean(chain.visible, 0, out=_grad_buffer(self.visible_bias)).sub_(positive.mean(0))
+        torch.mean(chain.hidden_mean, 0, out=_grad_buffer(self.hidden_bias)).sub_(chain.positive_hidden.mean(0))
+        return True
 
     @torch.no_grad()
     def init_visible_bias_from_data(self, data: Tensor, eps: float = 1e-3) -> None:

@@ -1,12 +1,16 @@
 """The sparse 0/1 fast path (rbm_core.sparse_binary) against the dense products it replaces: fields,
 gradients and a whole CD-1 epoch agree up to rounding, at densities from 0 to 1, and anything that is
-not an exact 0/1 batch (probabilities, autograd, too dense) still takes the dense path."""
+not an exact 0/1 batch (probabilities, autograd, too dense) still takes the dense path. The fused CD-k
+chain (binary_chain) makes the same transitions as BlockGibbs: the same chains from the same uniforms,
+the exact marginal of a tiny model, and the same gradient as the dense path and autograd."""
 
 import pytest
 import torch
+from helpers import chi_squared_pvalue, counts_over_states, tiny_rbm
 
 from rbm_core import RBM, ContrastiveDivergence, RBMConfig, Trainer, sparse_binary
 from rbm_core.models import rbm as rbm_module
+from rbm_core.partition import visible_distribution
 from rbm_core.sparse_binary import binary_matmul, binary_outer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -130,28 +134,32 @@ def test_contrastive_grads_equal_the_dense_path_and_autograd(dtype, tol, monkeyp
 
 
 def test_a_cd1_epoch_ends_with_the_same_parameters(monkeypatch):
-    """Float64, so that no sample u < p flips on a rounding difference and both runs see the same
-    chains; 20 updates of CD-1 with momentum through the Trainer."""
+    """The fused CD-1 chain (sparse_binary.binary_chain) with its products over the ones and the gradient
+    from its 0/1 patterns, against BlockGibbs and the dense products: with ``fast_rng`` off both draw the
+    same torch uniforms in the same order, so the parameters must agree after 20 updates of CD-1 with
+    momentum through the Trainer. Float64, so that no sample u < p flips on a rounding difference."""
     data = binary(1280, NUM_VISIBLE, 0.13, seed=13)
-    fast_calls = []
+    calls = []
 
     def counted(function, name):
         def wrapper(*args, **kwargs):
             out = function(*args, **kwargs)
-            fast_calls.append((name, out is not None))
+            calls.append((name, out is not None))
             return out
 
         return wrapper
 
-    monkeypatch.setattr(rbm_module, "binary_matmul", counted(binary_matmul, "field"))
-    monkeypatch.setattr(rbm_module, "binary_outer", counted(binary_outer, "grad"))
+    monkeypatch.setattr(sparse_binary, "fast_rng", False)
+    monkeypatch.setattr(sparse_binary, "binary_chain", counted(sparse_binary.binary_chain, "chain"))
+    monkeypatch.setattr(sparse_binary, "_gather_rows", counted(sparse_binary._gather_rows, "field"))
+    monkeypatch.setattr(rbm_module, "chain_outer", counted(sparse_binary.chain_outer, "grad"))
     results = []
     for enabled in (True, False):
         monkeypatch.setattr(sparse_binary, "enabled", enabled)
         rbm = model(torch.float64, seed=14)
         with torch.no_grad():
             rbm.visible_bias.sub_(3.0)  # sparse reconstructions, like a model that has seen MNIST
-        fast_calls.clear()
+        calls.clear()
         Trainer(
             rbm,
             ContrastiveDivergence(1),
@@ -164,11 +172,124 @@ def test_a_cd1_epoch_ends_with_the_same_parameters(monkeypatch):
             generator=torch.Generator().manual_seed(15),
         ).fit(data)
         results.append([p.detach().clone() for p in rbm.parameters()])
-        if enabled:  # most fields and gradients of the run went through the fast path
+        if enabled:  # every update ran the fused chain; most fields and gradients summed rows
+            updates = len(data) // BATCH
+            assert [fast for kind, fast in calls if kind == "chain"] == [True] * updates
             for name in ("field", "grad"):
-                taken = [fast for kind, fast in fast_calls if kind == name]
-                assert sum(taken) >= 0.8 * len(taken) > 0, name
+                taken = [fast for kind, fast in calls if kind == name]
+                assert sum(taken) >= 0.8 * updates, name
+        else:
+            assert calls == []
     moved = (results[0][0] - model(torch.float64, seed=14).weight.detach()).abs().max()
     assert moved > 1e-2  # the epoch did train
     for fast, dense in zip(*results, strict=True):
         torch.testing.assert_close(fast, dense, atol=1e-11, rtol=0)
+
+
+def run_chain(rbm, positive, seed, num_steps=1, **kwargs):
+    gen = torch.Generator().manual_seed(seed)
+    return sparse_binary.binary_chain(rbm.weight, rbm.visible_bias, rbm.hidden_bias, positive, num_steps, gen, **kwargs)
+
+
+@pytest.mark.parametrize("num_steps", [1, 3])
+def test_the_fused_chain_gives_the_same_states_with_sparse_or_dense_products(num_steps, monkeypatch):
+    """With its own (fast) uniforms: the same seed gives the same chain whichever way the products go."""
+    rbm = model(torch.float64, seed=16)
+    with torch.no_grad():
+        rbm.visible_bias.sub_(3.0)
+    positive = binary(BATCH, NUM_VISIBLE, 0.13, seed=17, dtype=torch.float64)
+    fast = run_chain(rbm, positive, seed=18, num_steps=num_steps)
+    again = run_chain(rbm, positive, seed=18, num_steps=num_steps)
+    monkeypatch.setattr(sparse_binary, "enabled", False)
+    dense = run_chain(rbm, positive, seed=18, num_steps=num_steps)
+    other_seed = run_chain(rbm, positive, seed=19, num_steps=num_steps)
+    for name in ("visible", "hidden", "visible_mean", "hidden_mean", "positive_hidden"):
+        torch.testing.assert_close(getattr(fast, name), getattr(again, name), atol=0, rtol=0)  # reproducible
+        torch.testing.assert_close(getattr(fast, name), getattr(dense, name), atol=1e-12, rtol=0)
+    assert not torch.equal(fast.visible, other_seed.visible)
+    assert (fast.visible_ones == fast.visible.numpy().astype(bool)).all()
+    assert (fast.positive_ones == positive.numpy().astype(bool)).all()
+    exact = torch.sigmoid(torch.addmm(rbm.hidden_bias, positive, rbm.weight)).detach()
+    torch.testing.assert_close(fast.positive_hidden, exact, atol=1e-12, rtol=0)
+    exact = torch.sigmoid(torch.addmm(rbm.hidden_bias, fast.visible, rbm.weight)).detach()
+    torch.testing.assert_close(fast.hidden_mean, exact, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("fast_rng", [True, False])
+def test_the_fused_chain_samples_the_exact_marginal(fast_rng, monkeypatch):
+    """Many fused chains of a tiny RBM (forced past the size limit) run long from random starts: their
+    visible states pass a chi-squared test against the exact p(v) at false-alarm rate 1e-3, while the
+    same test on the chains of a wrong model (visible bias of the wrong sign) fails: the test has power."""
+    monkeypatch.setattr(sparse_binary, "fast_rng", fast_rng)
+    rbm = tiny_rbm(4, 3, seed=11)
+    starts = rbm.visible.random_state(20_000, torch.Generator().manual_seed(20), torch.float64)
+    chain = run_chain(rbm, starts, seed=21, num_steps=30, min_work=0)
+    states, log_p = visible_distribution(rbm)
+    assert float(log_p.detach().exp().max()) > 3.0 / rbm.visible.num_states  # far from uniform
+    assert chi_squared_pvalue(counts_over_states(chain.visible, states), log_p.exp()) > 1e-3
+    wrong = sparse_binary.binary_chain(
+        rbm.weight, -rbm.visible_bias, rbm.hidden_bias, starts, 30, torch.Generator().manual_seed(21), min_work=0
+    )
+    assert chi_squared_pvalue(counts_over_states(wrong.visible, states), log_p.exp()) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_uniforms_compare_like_uniforms_at_torch_rand_resolution(dtype):
+    uniforms = sparse_binary._Uniforms(torch.Generator().manual_seed(22), dtype)
+    assert uniforms.source is not None
+    n = 1_000_000
+    assert not uniforms.less(torch.zeros(n, dtype=dtype)).any()  # u >= 0
+    assert uniforms.less(torch.ones(n, dtype=dtype)).all()  # u < 1
+    for p in (0.001, 0.3, 0.5, 0.97):
+        rate = uniforms.less(torch.full((n,), p, dtype=dtype)).double().mean().item()
+        assert abs(rate - p) < 5 * (p * (1 - p) / n) ** 0.5, p
+    # the uniforms are multiples of 2**-bits: u < 2**-bits only for u = 0, probability 2**-bits
+    bits = 24 if dtype == torch.float32 else 53
+    tiny = uniforms.less(torch.full((4 * n,), 2.0**-bits, dtype=dtype)).sum().item()
+    assert tiny <= 3
+    if dtype == torch.float32:  # 24 bits: p = 2**-20 hits u in {0, ..., 15 * 2**-24}, rate 2**-20
+        rate = uniforms.less(torch.full((4 * n,), 2.0**-20, dtype=dtype)).sum().item()
+        assert 0 < rate < 20
+
+
+def test_the_estimator_takes_the_fused_chain_for_plain_bernoulli_rbms_only(monkeypatch):
+    from rbm_core.models.dbm import _ScaledRBM
+
+    positive = binary(BATCH, NUM_VISIBLE, 0.13, seed=23)
+    gen = torch.Generator().manual_seed(24)
+    estimator = ContrastiveDivergence(1)
+    negative = estimator.negative_phase(model(), positive, gen)
+    assert "binary_chain" in negative.info
+    state = negative.state
+    assert state.visible.shape == (BATCH, NUM_VISIBLE) and state.layers[1].shape == (BATCH, NUM_HIDDEN)
+    assert state.means[0].shape == (BATCH, NUM_VISIBLE) and state.means[1].shape == (BATCH, NUM_HIDDEN)
+    assert negative.info["positive_means"][1].shape == (BATCH, NUM_HIDDEN)
+    scaled = _ScaledRBM(RBMConfig(NUM_VISIBLE, NUM_HIDDEN), up=2.0, down=1.0)
+    assert "binary_chain" not in estimator.negative_phase(scaled, positive, gen).info  # own conditionals
+    softmax = model(visible="softmax", num_values=5, num_visible=40)
+    codes = torch.randint(1, 6, (BATCH, 40), generator=gen)
+    assert "binary_chain" not in estimator.negative_phase(softmax, softmax.encode(codes), gen).info
+    assert "binary_chain" not in estimator.negative_phase(model(), positive * 0.5, gen).info  # not 0/1
+    monkeypatch.setattr(sparse_binary, "enabled", False)
+    assert "binary_chain" not in estimator.negative_phase(model(), positive, gen).info
+
+
+@pytest.mark.parametrize("density", [0.02, 0.13, 0.5])
+def test_the_fused_chain_gradient_equals_the_dense_one_and_autograd(density, monkeypatch):
+    rbm = model(torch.float64, seed=25)
+    with torch.no_grad():
+        rbm.visible_bias.sub_(3.0)
+    positive = binary(BATCH, NUM_VISIBLE, density, seed=26, dtype=torch.float64)
+    negative = ContrastiveDivergence(1).negative_phase(rbm, positive, torch.Generator().manual_seed(27))
+    assert "binary_chain" in negative.info
+    rbm.gradient_step(positive, negative)
+    fast = [p.grad.clone() for p in rbm.parameters()]
+    monkeypatch.setattr(sparse_binary, "enabled", False)
+    rbm.contrastive_grads(positive, negative.state.visible)
+    dense = [p.grad.clone() for p in rbm.parameters()]
+    for p in rbm.parameters():
+        p.grad = None
+    rbm.contrastive_loss(positive, negative.state.visible).backward()
+    for ours, theirs, autograd in zip(fast, dense, (p.grad for p in rbm.parameters()), strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-13, rtol=0)
+        torch.testing.assert_close(ours, autograd, atol=1e-13, rtol=0)
