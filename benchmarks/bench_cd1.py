@@ -12,7 +12,8 @@ scikit-learn trains on the same float32 array (``ratio_vs_sklearn``) and on a fl
 chooses for integer or boolean input (``ratio_vs_sklearn_float64``). Each figure is the best of
 ``--rounds`` interleaved rounds. The last line is machine-readable (first batch size):
 ``cd1_samples_per_s=... ratio_vs_sklearn=... ratio_vs_matmul=... ratio_vs_sklearn_float64=...``
-``--dense`` switches off rbm_core's sparse 0/1 fast path (``rbm_core.sparse_binary``) to compare.
+``--dense`` switches off rbm_core's sparse 0/1 fast path (``rbm_core.sparse_binary``: the fused CD-k chain
+and the products summing rows of W over the ones of 0/1 batches) to compare.
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ def load_binary_images(path: Path, rows: int, seed: int) -> tuple[np.ndarray, st
         return binary, f"MNIST training images ({path}), thresholded at 127"
     rng = np.random.default_rng(seed)
     return (rng.random((rows, NUM_VISIBLE)) < 0.13).astype(np.float32), "random binary data (MNIST not found)"
+
+
+def numpy_blas_threads() -> str:
+    """Threads of the BLAS that NumPy (hence scikit-learn's BernoulliRBM) multiplies with."""
+    try:
+        from threadpoolctl import threadpool_info  # comes with scikit-learn
+    except ImportError:
+        return "unknown"
+    pools = [p for p in threadpool_info() if p["user_api"] == "blas" and "numpy" in p.get("filepath", "")]
+    return ", ".join(f"{p['num_threads']} ({p['internal_api']})" for p in pools) or "unknown"
 
 
 def sync(device: torch.device) -> None:
@@ -145,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {device}  torch {torch.__version__}  threads {torch.get_num_threads()}  "
           f"sparse 0/1 fast path {'on' if sparse_binary.enabled else 'off'}  "
           f"rounds {args.rounds} (best of each reported; the machine may be shared)")
+    if not args.no_sklearn:
+        print(f"threads: rbm_core (torch) {torch.get_num_threads()}, "
+              f"scikit-learn (NumPy's BLAS) {numpy_blas_threads()}")
 
     results = []
     for batch_size in batch_sizes:

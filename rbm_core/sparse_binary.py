@@ -130,6 +130,8 @@ def _outer_from_masks(
 ) -> Tensor:
     """``binary_outer`` for boolean ``(batch, n)`` arrays of the ones of ``positive`` / ``negative``."""
     num_pos, num_neg = positive.shape[0], negative.shape[0]
+    if num_pos == num_neg:
+        return _paired_outer(positive, positive_hidden, negative, negative_hidden)
     # Units along rows, samples along columns: bag i lists the samples whose unit i is on.
     ones = np.empty((positive.shape[1], num_pos + num_neg), dtype=bool)
     ones[:, :num_pos] = positive.T
@@ -139,37 +141,69 @@ def _outer_from_masks(
     return F.embedding_bag(indices, hidden, offsets, mode="sum")
 
 
+def _paired_outer(
+    positive: np.ndarray, positive_hidden: Tensor, negative: np.ndarray, negative_hidden: Tensor
+) -> Tensor:
+    """``_outer_from_masks`` for chains that pair sample s of ``negative`` with sample s of
+    ``positive`` (CD: each chain starts at its data row), summing one row per unit and sample where
+    either is on: (n_s - p_s) / B where both are, n_s / B or -p_s / B where one is. The same sum
+    with fewer rows wherever a chain's state agrees with its data."""
+    batch, n = positive.shape
+    # code = 1 (positive only), 2 (negative only), 3 (both); table rows: 0..B-1 both, B..2B-1
+    # negative only, 2B..3B-1 positive only, i.e. row = s + B * (3 - code)
+    code = np.empty((n, batch), dtype=np.uint8)
+    np.add(positive.T, negative.T.view(np.uint8) << 1, out=code, dtype=np.uint8)
+    flat = np.flatnonzero(code)
+    offsets = np.searchsorted(flat, np.arange(n, dtype=np.int64) * batch)
+    samples = flat % batch
+    samples += batch * (3 - code.reshape(-1)[flat].astype(np.int64))
+    table = torch.empty((3 * batch, positive_hidden.shape[1]), dtype=positive_hidden.dtype)
+    torch.sub(negative_hidden, positive_hidden, out=table[:batch]).mul_(1.0 / batch)
+    torch.mul(negative_hidden, 1.0 / batch, out=table[batch : 2 * batch])
+    torch.mul(positive_hidden, -1.0 / batch, out=table[2 * batch :])
+    return F.embedding_bag(torch.from_numpy(samples), table, torch.from_numpy(offsets), mode="sum")
+
+
+def is_binary(x: Tensor) -> bool | None:
+    """Whether every entry of a floating CPU tensor is exactly 0 or 1 (a NumPy pass, several times
+    faster than torch's comparisons); ``None`` where it cannot tell this way (other devices, dtypes)."""
+    if x.device.type != "cpu" or x.dtype not in _FLOAT_TYPES:
+        return None
+    values = x.detach().numpy()
+    return np.count_nonzero(values == 0) + np.count_nonzero(values == 1) == values.size
+
+
 # -- the block-Gibbs chain of CD-k for a Bernoulli-Bernoulli RBM -------------------------------------
 
 
 class _Uniforms:
     """Fresh uniforms u ~ U[0, 1) for the comparisons u < p of one chain run, at ``torch.rand``'s
-    resolution for the dtype: ``k / 2**bits`` with ``k`` uniform on ``0 .. 2**bits - 1``, so
-    u < p exactly when k < p * 2**bits (a product by a power of two: exact)."""
+    resolution for the dtype: u = k / 2**bits with k uniform on 0 .. 2**bits - 1 (24 bits for
+    float32, 53 for float64), each k converted exactly and scaled by a power of two."""
 
     def __init__(self, generator: torch.Generator | None, dtype: torch.dtype) -> None:
         self.generator = generator
-        self.bits = 24 if dtype == torch.float32 else 53
+        self.dtype = dtype
         self.source = None
         if fast_rng:
             # one 63-bit draw from the torch generator seeds this run, so runs stay reproducible
             seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
             self.source = np.random.SFC64(seed)
 
-    def less(self, p: Tensor) -> Tensor:
-        """The boolean tensor u < p, elementwise, for fresh uniforms u of ``p``'s shape."""
+    def less(self, p: Tensor) -> np.ndarray:
+        """The boolean array u < p, elementwise, for fresh uniforms u of ``p``'s shape."""
         if self.source is None:
-            return torch.rand(p.shape, generator=self.generator, dtype=p.dtype).lt_(p)
+            return torch.lt(torch.rand(p.shape, generator=self.generator, dtype=p.dtype), p).numpy()
         n = p.numel()
-        if self.bits == 24:  # two 24-bit draws from each 64-bit word
+        if self.dtype == torch.float32:  # two 24-bit draws from each 64-bit word
             k = self.source.random_raw((n + 1) // 2).view(np.uint32)[:n]
             np.right_shift(k, 8, out=k)
-            k = k.view(np.int32)
+            u = np.multiply(k, np.float32(2.0**-24), dtype=np.float32)
         else:
             k = self.source.random_raw(n)
             np.right_shift(k, 11, out=k)
-            k = k.view(np.int64)
-        return torch.from_numpy(k).view(p.shape).lt_(p * float(2**self.bits))
+            u = np.multiply(k, 2.0**-53, dtype=np.float64)
+        return np.less(u, p.numpy().reshape(-1)).reshape(p.shape)
 
 
 @dataclass
@@ -228,19 +262,16 @@ def binary_chain(
         return None
     uniforms = _Uniforms(generator, weight.dtype)
     positive_hidden = hidden_mean = _hidden_mean(positive_ones, count, positive, weight, hidden_bias)
-    hidden = uniforms.less(hidden_mean)
+    hidden = torch.from_numpy(uniforms.less(hidden_mean)).to(weight.dtype)
     weight_t = weight.t()
     for _ in range(num_steps):
         # the hidden layer is seldom sparse enough for row sums of Wᵀ to beat the product with W.t()
-        visible_mean = torch.sigmoid_(torch.addmm(visible_bias, hidden.to(weight.dtype), weight_t))
-        visible_bool = uniforms.less(visible_mean)
-        visible_ones = visible_bool.numpy()
-        visible = visible_bool.to(weight.dtype)
+        visible_mean = torch.sigmoid_(torch.addmm(visible_bias, hidden, weight_t))
+        visible_ones = uniforms.less(visible_mean)
+        visible = torch.from_numpy(visible_ones).to(weight.dtype)
         hidden_mean = _hidden_mean(visible_ones, np.count_nonzero(visible_ones), visible, weight, hidden_bias)
-        hidden = uniforms.less(hidden_mean)
-    return BinaryChain(
-        visible, hidden.to(weight.dtype), visible_mean, hidden_mean, positive_hidden, positive_ones, visible_ones
-    )
+        hidden = torch.from_numpy(uniforms.less(hidden_mean)).to(weight.dtype)
+    return BinaryChain(visible, hidden, visible_mean, hidden_mean, positive_hidden, positive_ones, visible_ones)
 
 
 def chain_outer(chain: BinaryChain) -> Tensor | None:

@@ -130,7 +130,11 @@ class RBM(nn.Module):
 
     def encode(self, data: Tensor) -> Tensor:
         """Validate raw data and return a visible state on the model's device and dtype."""
-        return self.visible.encode(data.to(self.weight.device), self.weight.dtype)
+        data = data.to(self.weight.device)
+        if isinstance(self.visible, BernoulliUnits) and data.dim() == 2 and data.shape[1] == self.visible.size:
+            if sparse_binary.is_binary(data):  # valid 0/1 floats on the CPU, checked by a faster pass
+                return data.to(self.weight.dtype)
+        return self.visible.encode(data, self.weight.dtype)
 
     # -- learning ------------------------------------------------------------------------
     def contrastive_loss(self, positive: Tensor, negative: Tensor, negative_weights: Tensor | None = None) -> Tensor:
@@ -227,7 +231,10 @@ class RBM(nn.Module):
         outer = chain_outer(chain)
         if outer is None:
             return False
-        _grad_buffer(self.weight).copy_(outer)
+        if self.weight.grad is None or self.weight.grad.shape == outer.shape:
+            self.weight.grad = outer  # a fresh tensor: no copy
+        else:
+            _grad_buffer(self.weight).copy_(outer)
         torch.mean(chain.visible, 0, out=_grad_buffer(self.visible_bias)).sub_(positive.mean(0))
         torch.mean(chain.hidden_mean, 0, out=_grad_buffer(self.hidden_bias)).sub_(chain.positive_hidden.mean(0))
         return True

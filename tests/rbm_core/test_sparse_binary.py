@@ -101,15 +101,18 @@ def test_softmax_one_hot_batches_take_the_fast_path_with_masks(monkeypatch):
 
 
 @pytest.mark.parametrize("density", DENSITIES)
-def test_binary_outer_equals_the_two_dense_products(density):
+@pytest.mark.parametrize("extra", [16, 0])  # 0: paired chains (CD), one row per unit and sample where either is on
+def test_binary_outer_equals_the_two_dense_products(density, extra):
     gen = torch.Generator().manual_seed(8)
     positive = binary(BATCH, NUM_VISIBLE, density, seed=9, dtype=torch.float64)
-    negative = binary(BATCH + 16, NUM_VISIBLE, min(1.0, density * 1.5), seed=10, dtype=torch.float64)
+    negative = binary(BATCH + extra, NUM_VISIBLE, min(1.0, density * 1.5), seed=10, dtype=torch.float64)
+    if extra == 0:  # chain ends that agree with their data in part
+        negative[:, : NUM_VISIBLE // 2] = positive[:, : NUM_VISIBLE // 2]
     positive_hidden = torch.rand(BATCH, NUM_HIDDEN, generator=gen, dtype=torch.float64)
-    negative_hidden = torch.rand(BATCH + 16, NUM_HIDDEN, generator=gen, dtype=torch.float64)
+    negative_hidden = torch.rand(BATCH + extra, NUM_HIDDEN, generator=gen, dtype=torch.float64)
     fast = binary_outer(positive, positive_hidden, negative, negative_hidden, max_density=1.0)
     assert fast is not None
-    exact = negative.t() @ negative_hidden / (BATCH + 16) - positive.t() @ positive_hidden / BATCH
+    exact = negative.t() @ negative_hidden / (BATCH + extra) - positive.t() @ positive_hidden / BATCH
     torch.testing.assert_close(fast, exact, atol=1e-13, rtol=0)
 
 
@@ -241,14 +244,14 @@ def test_fast_uniforms_compare_like_uniforms_at_torch_rand_resolution(dtype):
     assert not uniforms.less(torch.zeros(n, dtype=dtype)).any()  # u >= 0
     assert uniforms.less(torch.ones(n, dtype=dtype)).all()  # u < 1
     for p in (0.001, 0.3, 0.5, 0.97):
-        rate = uniforms.less(torch.full((n,), p, dtype=dtype)).double().mean().item()
+        rate = uniforms.less(torch.full((n,), p, dtype=dtype)).mean()
         assert abs(rate - p) < 5 * (p * (1 - p) / n) ** 0.5, p
     # the uniforms are multiples of 2**-bits: u < 2**-bits only for u = 0, probability 2**-bits
     bits = 24 if dtype == torch.float32 else 53
-    tiny = uniforms.less(torch.full((4 * n,), 2.0**-bits, dtype=dtype)).sum().item()
+    tiny = uniforms.less(torch.full((4 * n,), 2.0**-bits, dtype=dtype)).sum()
     assert tiny <= 3
     if dtype == torch.float32:  # 24 bits: p = 2**-20 hits u in {0, ..., 15 * 2**-24}, rate 2**-20
-        rate = uniforms.less(torch.full((4 * n,), 2.0**-20, dtype=dtype)).sum().item()
+        rate = uniforms.less(torch.full((4 * n,), 2.0**-20, dtype=dtype)).sum()
         assert 0 < rate < 20
 
 
