@@ -4,6 +4,8 @@ error, so service functions only ``flush()``."""
 
 from __future__ import annotations
 
+import select
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -12,6 +14,7 @@ from fastapi import Depends, Request
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -68,7 +71,48 @@ def make_engine(database_url: str, *, pool_size: int = 10, echo: bool = False) -
             cursor.close()
 
         return engine
-    return create_engine(database_url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_engine(database_url, echo=echo, pool_size=pool_size, max_overflow=pool_size,
+                           pool_recycle=POOL_RECYCLE_SECONDS)
+    _ping_when_stale(engine)
+    return engine
+
+
+# pool_pre_ping would cost a round trip on every checkout (one per request). Instead a pooled connection is pinged
+# only when it has a reason to be stale: it sat idle longer than PING_AFTER_IDLE_SECONDS, or its socket turned
+# readable while idle (the server wrote to an idle connection: it was terminated, or the server shut down). The
+# readability check is a zero-timeout select, no round trip. A stale connection is replaced before the caller
+# sees it; one that breaks silently in between (no FIN, within the idle window) fails its statement once, and
+# SQLAlchemy then discards every connection of the pool opened before it.
+PING_AFTER_IDLE_SECONDS = 10.0
+POOL_RECYCLE_SECONDS = 1800
+
+
+def _has_input(dbapi_connection: Any) -> bool:
+    fileno = getattr(dbapi_connection, "fileno", None)
+    if fileno is None:
+        return True  # cannot tell: ping
+    try:
+        return bool(select.select([fileno()], [], [], 0)[0])
+    except Exception:  # noqa: BLE001 - a closed connection has no socket: ping, which fails and replaces it
+        return True
+
+
+def _ping_when_stale(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None:  # a new connection
+            return
+        if time.monotonic() - since < PING_AFTER_IDLE_SECONDS and not _has_input(dbapi_connection):
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # any failure: the pool discards the connection and checks out another
+            raise DisconnectionError(f"stale pooled connection: {exc}") from exc
 
 
 class Database:

@@ -52,6 +52,13 @@ class KeyCache:
         self._entries: dict[str, tuple[float, Principal | None]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, key: str) -> Principal | None:
+        """The principal of ``key`` if a lookup younger than ``ttl`` found it, else None (no query)."""
+        hit = self._entries.get(hash_key(key))
+        if hit is not None and time.monotonic() - hit[0] < self.ttl:
+            return hit[1]
+        return None
+
     def lookup(self, session_factory, key: str) -> Principal | None:
         digest = hash_key(key)
         now = time.monotonic()

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from service.catalog.models import Item, User
@@ -54,6 +55,41 @@ def user_pairs(session: Session, *, external_id: str) -> tuple[int | None, list[
     if not rows:
         return None, []
     return rows[0][0], [(r[1], r[2]) for r in rows if r[1] is not None]
+
+
+# user_pairs as driver SQL (psycopg placeholders), for user_pairs_read.
+_USER_PAIRS_SQL = ("SELECT u.id, r.item_id, r.value FROM users u LEFT JOIN ratings r ON r.user_id = u.id "
+                   "WHERE u.external_id = %s")
+
+
+def user_pairs_read(database, *, external_id: str) -> tuple[int | None, list[tuple[int, int]]]:
+    """``user_pairs`` for a read-only request, outside any session: on PostgreSQL one statement on a pooled
+    connection switched to autocommit for the read (no BEGIN, no COMMIT or reset ROLLBACK: one round trip,
+    no ORM). A connection that fails is discarded, and the read retried once on a fresh one (a server restart
+    costs no request); a second failure is the usual OperationalError (503)."""
+    if not database.is_postgresql:
+        with database.session_factory() as session:
+            return user_pairs(session, external_id=external_id)
+    for attempt in (1, 2):
+        connection = database.engine.raw_connection()
+        try:
+            driver = connection.driver_connection
+            driver.autocommit = True
+            try:
+                rows = driver.execute(_USER_PAIRS_SQL, (external_id,)).fetchall()
+            finally:
+                driver.autocommit = False  # the pool's other users expect transactions
+        except database.engine.dialect.loaded_dbapi.OperationalError as exc:
+            connection.invalidate(exc)
+            if attempt == 2:
+                raise OperationalError(_USER_PAIRS_SQL, (external_id,), exc) from exc
+            continue
+        finally:
+            connection.close()
+        if not rows:
+            return None, []
+        return rows[0][0], [(r[1], r[2]) for r in rows if r[1] is not None]
+    raise AssertionError("unreachable")
 
 
 def delete_one(session: Session, *, user_id: int, item_id: int) -> int:

@@ -4,7 +4,10 @@ with no usable ratings, the answer is the most-rated items, labelled ``popularit
 
 from __future__ import annotations
 
+import json
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +55,14 @@ def known_for_user(session: Session, loaded: LoadedModel, user: str) -> Known:
     return _encode(loaded, pairs, user, user_id)
 
 
+def known_for_user_read(database, loaded: LoadedModel, user: str) -> Known:
+    """``known_for_user`` for a read-only request that holds no session: one autocommit statement."""
+    user_id, pairs = ratings_repository.user_pairs_read(database, external_id=user)
+    if user_id is None:
+        raise not_found("user", user)
+    return _encode(loaded, pairs, user, user_id)
+
+
 def known_ad_hoc(session: Session, loaded: LoadedModel, ratings: list[dict], scale: int) -> Known:
     seen: set[str] = set()
     for position, row in enumerate(ratings):
@@ -81,9 +92,11 @@ def item_ids(session: Session, external_ids: list[str]) -> dict[str, int]:
     return found
 
 
-def item_names(session: Session, loaded: LoadedModel, internal: list[int]) -> dict[int, tuple[str, str | None]]:
+def item_names(session: Session | Callable[[], Session], loaded: LoadedModel,
+               internal: list[int]) -> dict[int, tuple[str, str | None]]:
     """internal id -> (external id, title) of the items that exist, from the loaded version's name cache, querying
-    only the ids it lacks or holds for longer than its ``names_max_age``."""
+    only the ids it lacks or holds for longer than its ``names_max_age``. ``session``: a session, or a session
+    factory to open one with only when a query is needed."""
     now = time.monotonic()
     cache = loaded.names
     found: dict[int, tuple[str, str | None]] = {}
@@ -95,7 +108,11 @@ def item_names(session: Session, loaded: LoadedModel, internal: list[int]) -> di
         else:
             missing.append(iid)
     if missing:
-        fetched = catalog_repository.external_ids_for(session, Item, missing)
+        if isinstance(session, Session):
+            fetched = catalog_repository.external_ids_for(session, Item, missing)
+        else:
+            with session() as opened:
+                fetched = catalog_repository.external_ids_for(opened, Item, missing)
         for iid in missing:
             if iid in fetched:
                 found[iid] = fetched[iid]
@@ -110,7 +127,8 @@ def check_limits(*, n: int, offset: int, max_n: int) -> None:
         raise ApiError(422, f"n must be at most {max_n}", details=[{"loc": ["query", "n"], "msg": "too large"}])
 
 
-def recommend(session: Session, loaded: LoadedModel, known: Known, *, n: int, offset: int, exclude_rated: bool) -> dict:
+def recommend(session: Session | Callable[[], Session], loaded: LoadedModel, known: Known, *, n: int, offset: int,
+              exclude_rated: bool) -> dict:
     model = loaded.model
     if known.source == "popularity":
         ranked = [(i, s, None) for i, s in model.popular_items(n, offset)]
@@ -127,6 +145,16 @@ def recommend(session: Session, loaded: LoadedModel, known: Known, *, n: int, of
              for iid, (_, score, expected) in zip(internal, ranked, strict=True) if iid in names]
     return {"user": known.user, "model": loaded.name, "version": loaded.version, "source": known.source,
             "n": n, "offset": offset, "items": items}
+
+
+def recommendations_json(result: dict) -> bytes:
+    """``recommend``'s answer as the JSON body of RecommendationsOut (compact, like FastAPI's own rendering;
+    a non-finite number, which the scoring never returns, would be null as pydantic writes it)."""
+    for item in result["items"]:
+        for key in ("score", "expected_rating"):
+            if not math.isfinite(item[key]):
+                item[key] = None
+    return json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def predict(session: Session, loaded: LoadedModel, known: Known, items: list[str]) -> dict:

@@ -4,7 +4,7 @@ model computes from the user's ratings; fold-in for users the model never saw; t
 from __future__ import annotations
 
 import torch
-from service_support import define_and_train
+from service_support import TINY, define_and_train
 from test_catalog import _error
 
 from rbm_core.ratings import RatingModel
@@ -55,6 +55,47 @@ def test_recommendations_equal_the_models_ranking(database, client, reader, trai
     assert rated <= {i["item"] for i in with_rated} and len(with_rated) == 16
     named = client.get("/v1/users/u000/recommendations?model=tiny", headers=reader).json()
     assert named["model"] == "tiny" and len(named["items"]) == min(10, 16 - len(rated))
+
+
+def test_served_recommendations_are_the_models_exactly(database, client, admin, reader, trained):
+    """The hot path (one autocommit read, its own JSON rendering) serves the model's own ``recommend`` to the
+    last bit: items, order, score and expected rating, with engagement ranking (the pruned pass at small n, the
+    full pass at large n), for training users and a folded-in one, user- and item-based."""
+    engagement = {**TINY, "ranking": "engagement", "engagement_hidden": 4, "engagement_epochs": 3}
+    versions = {name: define_and_train(database, name, hyperparameters=engagement, orientation=orientation)
+                for name, orientation in (("engaged", "user"), ("engaged_items", "item"))}
+    client.post("/v1/ratings/batch", json={"ratings": [{"user": "late", "item": "b01", "rating": 5},
+                                                       {"user": "late", "item": "a03", "rating": 2}]}, headers=admin)
+    names = _item_names(database)
+    for (name, version), orientation in zip(versions.items(), ("user", "item"), strict=True):
+        model, item_index = _stored_model(database, version.id)
+        assert model.config.ranking == "engagement" and model.engagement is not None
+        by_index = {i: names[internal] for internal, i in item_index.items()}
+        users = {internal: i for i, internal in enumerate(_stored_users(database, version.id))}
+        for user in ("u000", "u007", "late"):
+            item_idx, ratings = _known(database, item_index, user)
+            user_index = users.get(_user_id(database, user)) if orientation == "item" else None
+            assert (user_index is None) == (user == "late") or orientation == "user"
+            for n, offset, exclude in ((3, 0, True), (2, 1, True), (10, 0, True), (3, 0, False)):
+                expected = model.recommend(item_idx, ratings, n=n, offset=offset, exclude_known=exclude,
+                                           user_index=user_index)
+                body = client.get(f"/v1/users/{user}/recommendations?model={name}&n={n}&offset={offset}"
+                                  f"&exclude_rated={str(exclude).lower()}", headers=reader).json()
+                assert body["source"] == ("fold_in" if user == "late" else "model")
+                assert [(i["item"], i["score"], i["expected_rating"]) for i in body["items"]] == \
+                    [(by_index[i], score, mean) for i, score, mean in expected], (name, user, n, offset, exclude)
+
+
+def _stored_users(database, version_id: int) -> list[int]:
+    with database.session_factory() as session:
+        return [int(u) for u in session.get(ModelVersion, version_id).user_index]
+
+
+def _user_id(database, user: str) -> int:
+    from sqlalchemy import text
+
+    with database.engine.connect() as conn:
+        return conn.execute(text("SELECT id FROM users WHERE external_id = :u"), {"u": user}).scalar_one()
 
 
 def test_the_planted_taste_shows(client, reader, trained):
