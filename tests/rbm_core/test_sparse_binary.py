@@ -296,3 +296,21 @@ def test_the_fused_chain_gradient_equals_the_dense_one_and_autograd(density, mon
     for ours, theirs, autograd in zip(fast, dense, (p.grad for p in rbm.parameters()), strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-13, rtol=0)
         torch.testing.assert_close(ours, autograd, atol=1e-13, rtol=0)
+
+
+def test_encode_checks_bernoulli_floats_with_the_numpy_pass_and_still_refuses_bad_values():
+    from rbm_core import InvalidInputError
+
+    rbm = model()
+    data = binary(BATCH, NUM_VISIBLE, 0.13, seed=28)
+    data[0, 0] = -0.0
+    assert sparse_binary.is_binary(data)
+    torch.testing.assert_close(rbm.encode(data), data, atol=0, rtol=0)
+    for bad in (0.5, 2.0, float("nan"), float("inf")):
+        wrong = data.clone()
+        wrong[3, 7] = bad
+        assert not sparse_binary.is_binary(wrong)
+        with pytest.raises(InvalidInputError):
+            rbm.encode(wrong)
+    with pytest.raises(InvalidInputError):
+        rbm.encode(data[:, :-1])  # wrong shape
