@@ -149,10 +149,10 @@ def _outer_from_masks(
 def _paired_outer(
     positive: np.ndarray, positive_hidden: Tensor, negative: np.ndarray, negative_hidden: Tensor
 ) -> Tensor:
-    """``_outer_from_masks`` for chains that pair sample s of ``negative`` with sample s of
-    ``positive`` (CD: each chain starts at its data row), summing one row per unit and sample where
-    either is on: (n_s - p_s) / B where both are, n_s / B or -p_s / B where one is. The same sum
-    with fewer rows wherever a chain's state agrees with its data."""
+    """``_outer_from_masks`` for two batches of the same size, grouping the sum by sample index s:
+    one row per unit and s where either batch is on, (n_s - p_s) / B where both are, n_s / B or
+    -p_s / B where one is. The same sum for any two such batches, with fewer rows the more the
+    batches agree: CD's chains start at their data rows, so chain s mostly agrees with data row s."""
     batch, n = positive.shape
     # code = 1 (positive only), 2 (negative only), 3 (both), units along rows; table rows: 0..B-1
     # both, B..2B-1 negative only, 2B..3B-1 positive only, i.e. row = s + B * (3 - code)
