@@ -58,6 +58,7 @@ FORMAT_VERSION = 1
 
 _KINDS = ("rbm", "dbm", "bm")
 _ORIENTATIONS = ("user", "item")
+_OBJECTIVES = ("cd", "pl", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,14 @@ class RatingModelConfig:
     shared_weights: bool = True
     prediction: str = "exact"
     layout: str = "dense"
+    weight_rank: int = 0
+    objective: str = "cd"
+    optimizer: str = "sgd"
+    pl_weight: float = 1.0
+    pl_fraction: float = 1.0
+    pl_jointly: bool = False
+    finetune_epochs: int = 0
+    finetune_learning_rate: float = 0.001
     init_std: float = 0.01
     averaging: float = 0.995
     patience: int = 4
@@ -106,6 +115,11 @@ class RatingModelConfig:
             (self.orientation in _ORIENTATIONS, f"orientation must be one of {_ORIENTATIONS}, got {self.orientation!r}"),
             (self.prediction in ("exact", "mean_field"), f"prediction must be 'exact' or 'mean_field', got {self.prediction!r}"),
             (self.layout in ("dense", "sparse"), f"layout must be 'dense' or 'sparse', got {self.layout!r}"),
+            (self.objective in _OBJECTIVES, f"objective must be one of {_OBJECTIVES}, got {self.objective!r}"),
+            (self.optimizer in ("sgd", "adam"), f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}"),
+            (self.weight_rank >= 0, "weight_rank must be non-negative"),
+            (self.pl_weight >= 0, "pl_weight must be non-negative"),
+            (0 < self.pl_fraction <= 1, "pl_fraction must lie in (0, 1]"),
             (self.ranking in ("engagement", "rating"), f"ranking must be 'engagement' or 'rating', got {self.ranking!r}"),
             (self.num_hidden >= 1 and self.num_hidden2 >= 1, "num_hidden and num_hidden2 must be positive"),
             (self.epochs >= 1, "epochs must be positive"),
@@ -828,7 +842,8 @@ def _build_net(config: RatingModelConfig, train: RatingMatrix, dtype=torch.float
 
         return build_deep_net(config, num_units, train.num_values, dtype=dtype, device=device, generator=generator)
     return SoftmaxRBMNet(num_units, train.num_values, config.num_hidden, config.conditional, config.init_std,
-                         dtype=dtype, device=device, generator=generator, shared=config.shared_weights)
+                         dtype=dtype, device=device, generator=generator, shared=config.shared_weights,
+                         rank=config.weight_rank)
 
 
 def _build_engagement(config: RatingModelConfig, num_items: int, device=None, generator=None):
@@ -884,73 +899,125 @@ def train_rating_model(
         counts.index_put_((view.items, view.ratings - 1), torch.ones(len(view)), accumulate=True)
         logp = (counts + 1.0).log() - (counts + 1.0).sum(-1, keepdim=True).log()
         net.visible_bias.copy_(logp.to(device))
-    decayed = [net.weight] + ([net.conditional_weight] if config.conditional else [])
-    decayed += [net.shared_weight] if config.shared_weights else []
+    decayed = net.decayed_parameters()
     others = [net.visible_bias, net.hidden_bias]
-    optimizer = torch.optim.SGD([
-        {"params": decayed, "weight_decay": config.weight_decay},
-        {"params": others, "weight_decay": 0.0},
-    ], lr=config.learning_rate, momentum=config.initial_momentum)
-    stopper = EarlyStopping("valid_rmse", patience=config.patience) if validation is not None else None
-    averaged = {n: p.detach().clone() for n, p in net.named_parameters()} if config.averaging > 0 else None
-    raw = None
+    groups = [{"params": decayed, "weight_decay": config.weight_decay}, {"params": others, "weight_decay": 0.0}]
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(groups, lr=config.learning_rate)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.initial_momentum)
     active = torch.nonzero(store.counts() > 0)[:, 0]
     metric_sample = active[torch.randperm(len(active), generator=generator)[:2000]]
-    for epoch in range(config.epochs):
-        epoch_start = time.perf_counter()
-        k = config.k_at(epoch)
-        lr = config.learning_rate * config.lr_decay**epoch
-        momentum = config.momentum if epoch >= config.momentum_switch_epoch else config.initial_momentum
-        for group in optimizer.param_groups:
-            group["lr"], group["momentum"] = lr, momentum
-        order = active[torch.randperm(len(active), generator=generator)]
-        net.train()
-        recon_sq = recon_n = 0.0
-        if averaged is not None and raw is not None:
-            _swap(net, raw)  # continue training from the raw parameters
-        for start in range(0, len(order), config.batch_size):
-            batch = store.batch(order[start : start + config.batch_size]).to(device)
-            stats = net.cd_gradients(batch, k, device_generator, config.layout)
-            recon_sq += stats["recon_sq"]
-            recon_n += stats["count"]
-            optimizer.step()
-            if averaged is not None:
-                with torch.no_grad():
-                    for name, param in net.named_parameters():
-                        averaged[name].mul_(config.averaging).add_(param, alpha=1 - config.averaging)
-        check_finite_parameters(net, f"in epoch {epoch}")
-        if averaged is not None:  # evaluate (and keep) the averaged parameters
-            raw = {name: param.detach().clone() for name, param in net.named_parameters()}
-            _swap(net, averaged)
-        net.eval()
-        model._item_fields = None
-        metrics = {"epoch": float(epoch), "k": float(k), "learning_rate": lr,
-                   "reconstruction_error": math.sqrt(recon_sq / max(recon_n, 1.0))}
-        if validation is not None:
-            probs = model.predict_pairs(validation.users, validation.items, train)
-            expected = probs.double() @ torch.arange(1, train.num_values + 1, dtype=torch.float64)
-            metrics["valid_rmse"] = float((expected - validation.ratings.double()).pow(2).mean().sqrt())
-            metrics["free_energy_gap"] = _free_energy_gap(net, store, validation, config, metric_sample, device)
-        metrics["seconds"] = time.perf_counter() - epoch_start
-        for name, value in metrics.items():
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"metric {name} became {value} in epoch {epoch}")
-        model.history.append(metrics)
-        if callback is not None:
-            callback(epoch, metrics)
-        if stopper is not None and stopper.update(epoch, metrics, net):
-            break
-        if should_stop is not None and should_stop():
-            break
-    if stopper is not None:
-        stopper.restore(net)
-        model._item_fields = None
+
+    def run_phase(objective: str, optimizer, epochs: int, learning_rate: float, first_epoch: int) -> int:
+        """Train for up to ``epochs`` epochs with ``objective``, early-stopped on validation RMSE
+        (best weights restored); returns the next epoch number."""
+        stopper = EarlyStopping("valid_rmse", patience=config.patience) if validation is not None else None
+        averaged = {n: p.detach().clone() for n, p in net.named_parameters()} if config.averaging > 0 else None
+        raw = None
+        epoch = first_epoch
+        for local in range(epochs):
+            epoch = first_epoch + local
+            epoch_start = time.perf_counter()
+            k = config.k_at(local)
+            lr = learning_rate * config.lr_decay**local
+            momentum = config.momentum if local >= config.momentum_switch_epoch else config.initial_momentum
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+                if "momentum" in group:
+                    group["momentum"] = momentum
+            order = active[torch.randperm(len(active), generator=generator)]
+            net.train()
+            recon_sq = recon_n = 0.0
+            if averaged is not None and raw is not None:
+                _swap(net, raw)  # continue training from the raw parameters
+            for start in range(0, len(order), config.batch_size):
+                batch = store.batch(order[start : start + config.batch_size]).to(device)
+                if objective == "pl":
+                    stats = _pseudo_likelihood_step(net, batch, config, device_generator, 1.0, zero=True)
+                else:
+                    stats = net.cd_gradients(batch, k, device_generator, config.layout)
+                    if objective == "hybrid":
+                        _pseudo_likelihood_step(net, batch, config, device_generator, config.pl_weight, zero=False)
+                recon_sq += stats["recon_sq"]
+                recon_n += stats["count"]
+                optimizer.step()
+                if averaged is not None:
+                    with torch.no_grad():
+                        for name, param in net.named_parameters():
+                            averaged[name].mul_(config.averaging).add_(param, alpha=1 - config.averaging)
+            check_finite_parameters(net, f"in epoch {epoch}")
+            if averaged is not None:  # evaluate (and keep) the averaged parameters
+                raw = {name: param.detach().clone() for name, param in net.named_parameters()}
+                _swap(net, averaged)
+            net.eval()
+            model._item_fields = None
+            metrics = {"epoch": float(epoch), "k": float(k), "learning_rate": lr,
+                       "reconstruction_error": math.sqrt(recon_sq / max(recon_n, 1.0))}
+            if validation is not None:
+                probs = model.predict_pairs(validation.users, validation.items, train)
+                expected = probs.double() @ torch.arange(1, train.num_values + 1, dtype=torch.float64)
+                metrics["valid_rmse"] = float((expected - validation.ratings.double()).pow(2).mean().sqrt())
+                metrics["free_energy_gap"] = _free_energy_gap(net, store, validation, config, metric_sample, device)
+            metrics["seconds"] = time.perf_counter() - epoch_start
+            for name, value in metrics.items():
+                if not math.isfinite(value):
+                    raise TrainingDiverged(f"metric {name} became {value} in epoch {epoch}")
+            model.history.append(metrics)
+            if callback is not None:
+                callback(epoch, metrics)
+            if stopper is not None and stopper.update(epoch, metrics, net):
+                break
+            if should_stop is not None and should_stop():
+                break
+        if stopper is not None:
+            stopper.restore(net)
+            model._item_fields = None
+        return epoch + 1
+
+    next_epoch = run_phase(config.objective, optimizer, config.epochs, config.learning_rate, 0)
+    if config.finetune_epochs and not (should_stop is not None and should_stop()):
+        # discriminative fine-tuning of the generatively trained RBM: maximise the pseudo-likelihood
+        tune = torch.optim.Adam([{"params": decayed, "weight_decay": config.weight_decay},
+                                 {"params": others, "weight_decay": 0.0}], lr=config.finetune_learning_rate)
+        run_phase("pl", tune, config.finetune_epochs, config.finetune_learning_rate, next_epoch)
     if config.ranking == "engagement":
         # the implicit signal may use every training-part pair, validation ones included
         implicit = train if validation is None else train.concat(validation)
         model.engagement = _train_engagement(implicit, config, device, generator, should_stop)
     model.train_seconds = time.perf_counter() - started
     return model
+
+
+def _pseudo_likelihood_step(net, batch, config: RatingModelConfig, generator, weight: float, zero: bool) -> dict:
+    """Add ``weight`` × the gradient of the batch's negative pseudo-log-likelihood (on a random
+    ``pl_fraction`` of its observed entries) to the parameters' ``.grad`` (replacing it when
+    ``zero``); returns the same statistics as ``cd_gradients`` where it is the only term."""
+    select = None
+    if config.pl_fraction < 1:
+        u = torch.rand(len(batch.rating), generator=generator, device=batch.rating.device)
+        select = u < config.pl_fraction
+    if zero:
+        for param in net.parameters():
+            param.grad = None
+    shared_before = None
+    if getattr(net, "shared", False) and net.shared_weight.grad is not None:
+        shared_before = net.shared_weight.grad.clone()
+    with torch.enable_grad():
+        logits, target = net.leave_one_out_logits(batch, select, jointly=config.pl_jointly)
+        loss = F.cross_entropy(logits, target, reduction="sum") / max(batch.size, 1)
+        (loss * weight).backward()
+    if getattr(net, "shared", False) and net.shared_weight.grad is not None:
+        # the same per-parameter learning rate for S as in cd_gradients: its gradient sums over
+        # the ~nnz/B ratings of a case
+        per_case = max(len(batch.rating) / max(batch.size, 1), 1.0)
+        before = 0.0 if shared_before is None else shared_before
+        with torch.no_grad():
+            net.shared_weight.grad.copy_(before + (net.shared_weight.grad - before) / per_case)
+    with torch.no_grad():  # leave-one-out expected rating against the observed one
+        values = torch.arange(1, logits.shape[1] + 1, dtype=logits.dtype, device=logits.device)
+        recon_sq = float((torch.softmax(logits, -1) @ values - (target + 1)).pow(2).sum())
+    return {"recon_sq": recon_sq, "count": float(len(target))}
 
 
 @torch.no_grad()

@@ -10,11 +10,12 @@ from rbm_core.ratings.nets import CaseBatch, CaseStore, SoftmaxRBMNet
 K = 5
 
 
-def make_net(num_units=3, num_hidden=3, conditional=False, seed=0, shared=True):
+def make_net(num_units=3, num_hidden=3, conditional=False, seed=0, shared=True, rank=0):
     g = torch.Generator().manual_seed(seed)
-    net = SoftmaxRBMNet(num_units, K, num_hidden, conditional, dtype=torch.float64, generator=g, shared=shared)
+    net = SoftmaxRBMNet(num_units, K, num_hidden, conditional, dtype=torch.float64, generator=g, shared=shared, rank=rank)
     with torch.no_grad():
-        net.weight.copy_(torch.randn(net.weight.shape, generator=g, dtype=torch.float64))
+        for p in net.decayed_parameters()[: 2 if rank else 1]:
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
         net.visible_bias.copy_(torch.randn(net.visible_bias.shape, generator=g, dtype=torch.float64))
         net.hidden_bias.copy_(torch.randn(net.hidden_bias.shape, generator=g, dtype=torch.float64))
         if shared:
@@ -38,7 +39,7 @@ def case(observed: dict[int, int], rated: set[int] | None = None) -> CaseBatch:
 def exact_energy(net, observed: dict[int, int], h: torch.Tensor, rated: set[int] | None) -> torch.Tensor:
     """E(v, h; r) summed term by term over the observed units only."""
     e = -(net.hidden_bias * h).sum()
-    w = net.weight + (net.shared_weight if net.shared else 0.0)  # W_ik + S_k, written out
+    w = net.unit_weight + (net.shared_weight if net.shared else 0.0)  # W_ik + S_k, written out
     for unit, rating in observed.items():
         e = e - net.visible_bias[unit, rating - 1] - (w[unit, rating - 1] * h).sum()
     if rated is not None:
@@ -96,9 +97,10 @@ def test_mean_field_prediction_is_one_step_reconstruction():
     assert torch.allclose(got, net.visible_bias[1] + w[1] @ torch.sigmoid(x), atol=1e-12)
 
 
+@pytest.mark.parametrize("rank", [0, 2])
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("conditional", [False, True])
-def test_cd_gradient_equals_autograd_and_layouts_agree(conditional, shared):
+def test_cd_gradient_equals_autograd_and_layouts_agree(conditional, shared, rank):
     """Both layouts draw the same chain and write the autograd gradient of
     mean F(data) - mean F(negative samples) (hidden means at both ends)."""
     torch.manual_seed(0)
@@ -111,7 +113,7 @@ def test_cd_gradient_equals_autograd_and_layouts_agree(conditional, shared):
     batch = store.batch(torch.arange(cases))
     grads = {}
     for layout in ("sparse", "dense"):
-        net = make_net(num_units, 4, conditional, seed=3, shared=shared)
+        net = make_net(num_units, 4, conditional, seed=3, shared=shared, rank=rank)
         stats = net.cd_gradients(batch, 3, torch.Generator().manual_seed(7), layout)
         grads[layout] = ({n: p.grad.clone() for n, p in net.named_parameters()}, stats["negative_rating"])
         negative = CaseBatch(batch.size, batch.case, batch.unit, stats["negative_rating"], batch.offsets,
@@ -125,6 +127,42 @@ def test_cd_gradient_equals_autograd_and_layouts_agree(conditional, shared):
             expected = p.grad / per_case if name == "shared_weight" else p.grad
             assert torch.allclose(grads[layout][0][name], expected, atol=1e-10), (layout, name)
     assert torch.equal(grads["sparse"][1], grads["dense"][1])
+
+
+def _store_batch(conditional: bool):
+    data_case = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    data_unit = torch.tensor([0, 2, 4, 1, 2, 0, 1, 3, 4])
+    data_rating = torch.tensor([1, 5, 3, 2, 2, 4, 5, 1, 3])
+    rated = (torch.cat([data_case, torch.tensor([0, 1])]), torch.cat([data_unit, torch.tensor([1, 0])])) if conditional else None
+    return CaseStore(3, data_case, data_unit, data_rating, rated).batch(torch.arange(3))
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_leave_one_out_logits_are_the_exact_predictive_of_each_observed_unit(conditional):
+    """The pseudo-likelihood's terms: each observed rating's conditional given the case's other
+    ratings, as ``query_logits`` (itself checked against enumeration above) and enumeration give it."""
+    net = make_net(5, 3, conditional, seed=2)
+    batch = _store_batch(conditional)
+    logits, target = net.leave_one_out_logits(batch)
+    expected = net.query_logits(batch, batch.case, batch.unit, exact=True)
+    assert torch.equal(target, batch.rating - 1)
+    assert torch.allclose(torch.log_softmax(logits, -1), torch.log_softmax(expected, -1), atol=1e-10)
+    if not conditional:  # case 1 = {1: 2, 2: 2}: unit 1 given unit 2, by enumeration
+        log_joint = torch.stack([-exact_free_energy(net, {1: k, 2: 2}) for k in range(1, K + 1)])
+        assert torch.allclose(torch.log_softmax(logits[3], -1), torch.log_softmax(log_joint, 0), atol=1e-10)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_jointly_left_out_units_are_predicted_from_the_others_alone(conditional):
+    net = make_net(5, 3, conditional, seed=4)
+    batch = _store_batch(conditional)
+    select = torch.tensor([True, False, True, False, False, True, True, False, False])
+    logits, _ = net.leave_one_out_logits(batch, select, jointly=True)
+    kept = ~select
+    reduced = CaseBatch(batch.size, batch.case[kept], batch.unit[kept], batch.rating[kept],
+                        torch.tensor([0, 1, 3]), batch.rated_case, batch.rated_unit)
+    expected = net.query_logits(reduced, batch.case[select], batch.unit[select], exact=True)
+    assert torch.allclose(torch.log_softmax(logits, -1), torch.log_softmax(expected, -1), atol=1e-10)
 
 
 def test_case_store_batches_rows_in_order():
