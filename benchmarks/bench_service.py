@@ -1,7 +1,8 @@
 """Service benchmark: MovieLens-1M imported by the CLI into a fresh PostgreSQL database (rows per second,
 against a plain COPY of the same rows into an unindexed table measured in the same run), an RBM trained on
 it by ``rbmrec train``, then a load test of top-10 recommendations for random users with ``wrk`` on loopback
-at 1, 8 and 32 concurrent connections (requests/s, p50/p99), with the API's process count stated.
+at 1, 8 and 32 concurrent connections (requests/s, p50/p99, and the CPU time the API processes and a local
+PostgreSQL spent per request), with the API's process count stated.
 
     .venv/bin/python benchmarks/bench_service.py --data /work/shared/data/ml-1m/ratings.dat
     (needs PostgreSQL and wrk: apt-get install -y wrk)
@@ -94,6 +95,64 @@ def parse_wrk(output: str) -> dict:
             "socket_errors": socket_errors.group(1) if socket_errors else None}
 
 
+def _cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a process so far (Linux /proc), 0.0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (the uvicorn supervisor and its worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _postgres_pids() -> list[int]:
+    """PostgreSQL server processes on this machine (empty when the server runs elsewhere)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().startswith("postgres"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds spent by the API processes and by a local PostgreSQL during a load level: per request, a
+    figure far less sensitive than requests/s to what else runs on a shared machine."""
+
+    def __init__(self, server_pid: int):
+        self.server_pid = server_pid
+
+    def start(self) -> None:
+        self.api = {pid: _cpu_seconds(pid) for pid in _process_tree(self.server_pid)}
+        self.database = {pid: _cpu_seconds(pid) for pid in _postgres_pids()}
+
+    def per_request_ms(self, requests: int) -> dict[str, float | None]:
+        api = sum(_cpu_seconds(pid) - before for pid, before in self.api.items())
+        database = sum(_cpu_seconds(pid) - self.database.get(pid, 0.0) for pid in _postgres_pids())
+        return {"api_cpu_ms_per_request": round(1000 * api / max(requests, 1), 2),
+                "postgres_cpu_ms_per_request": round(1000 * database / max(requests, 1), 2) if self.database else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="/work/shared/data/ml-1m/ratings.dat")
@@ -156,15 +215,20 @@ def main(argv: list[str] | None = None) -> int:
                          'end\n')
         # Warm-up: every API process loads the model and fills its caches.
         subprocess.run(["wrk", "-t", "2", "-c", "8", "-d", "5s", "-s", script.name, base], capture_output=True)
+        meter = CpuMeter(server.pid)
         for clients in [int(c) for c in args.clients.split(",")]:
             threads = min(clients, 2)
+            meter.start()
             out = subprocess.run(["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{args.duration}s",
                                   "--timeout", "10s", "--latency", "-s", script.name, base],
                                  capture_output=True, text=True).stdout
             level = parse_wrk(out)
+            level.update(meter.per_request_ms(level["requests"]))
             result["load"][str(clients)] = level
             print(f"{clients:>3} clients: {level['requests_per_second']:.0f} req/s, p50 {level['p50_ms']:.1f} ms, "
-                  f"p99 {level['p99_ms']:.1f} ms, non-2xx {level['non_2xx']}", flush=True)
+                  f"p99 {level['p99_ms']:.1f} ms, non-2xx {level['non_2xx']}; CPU per request: API "
+                  f"{level['api_cpu_ms_per_request']} ms, PostgreSQL {level['postgres_cpu_ms_per_request']} ms",
+                  flush=True)
         # Reference in the same run: the cheapest endpoint (no database, no model) through the same processes at
         # 8 clients, i.e. what the HTTP stack alone manages on this machine right now.
         out = subprocess.run(["wrk", "-t", "2", "-c", "8", "-d", f"{args.duration}s", "--latency", base + "/health/live"],
@@ -178,9 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         server.wait(timeout=30)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print("\n| clients | requests/s | p50 ms | p99 ms |\n|---|---|---|---|")
+    print("\n| clients | requests/s | p50 ms | p99 ms | API CPU ms/request |\n|---|---|---|---|---|")
     for clients, level in result["load"].items():
-        print(f"| {clients} | {level['requests_per_second']:.0f} | {level['p50_ms']:.1f} | {level['p99_ms']:.1f} |")
+        print(f"| {clients} | {level['requests_per_second']:.0f} | {level['p50_ms']:.1f} | {level['p99_ms']:.1f} | "
+              f"{level['api_cpu_ms_per_request']} |")
     return 0
 
 
