@@ -48,10 +48,11 @@ def pairs_for_user(session: Session, *, user_id: int) -> list[tuple[int, int]]:
 
 
 def user_pairs(session: Session, *, external_id: str) -> tuple[int | None, list[tuple[int, int]]]:
-    """(users.id or None if unknown, [(item id, value), ...]) in one round trip: users LEFT JOIN ratings."""
+    """(users.id or None if unknown, [(item id, value), ...] by item id) in one round trip: users LEFT JOIN ratings.
+    The order is fixed so that sums over a user's ratings, hence scores, do not depend on the query plan."""
     rows = session.execute(
         select(User.id, Rating.item_id, Rating.value).outerjoin(Rating, Rating.user_id == User.id)
-        .where(User.external_id == external_id)).all()
+        .where(User.external_id == external_id).order_by(Rating.item_id)).all()
     if not rows:
         return None, []
     return rows[0][0], [(r[1], r[2]) for r in rows if r[1] is not None]
@@ -59,7 +60,7 @@ def user_pairs(session: Session, *, external_id: str) -> tuple[int | None, list[
 
 # user_pairs as driver SQL (psycopg placeholders), for user_pairs_read.
 _USER_PAIRS_SQL = ("SELECT u.id, r.item_id, r.value FROM users u LEFT JOIN ratings r ON r.user_id = u.id "
-                   "WHERE u.external_id = %s")
+                   "WHERE u.external_id = %s ORDER BY r.item_id")
 
 
 def user_pairs_read(database, *, external_id: str) -> tuple[int | None, list[tuple[int, int]]]:

@@ -52,6 +52,8 @@ class LoadedModel:
     # within that time.
     names: dict[int, tuple[str, str | None, float]] = field(default_factory=dict, repr=False)
     names_max_age: float = 2.0
+    # items.id -> dense index, -1 where the version lacks the item (None: ids too sparse for an array; the dict)
+    item_lookup: np.ndarray | None = field(default=None, repr=False)
     # Shared by all models of the process: how many scoring passes may run at once (see ModelCache).
     slot: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1), repr=False)
 
@@ -150,6 +152,9 @@ class ModelCache:
             item_position={int(t): i for i, t in enumerate(item_ids)}, orientation=model.config.orientation,
             names_max_age=max(self.refresh_seconds, NAMES_MAX_AGE) if self.refresh_seconds > 0 else 0.0,
             slot=self.scoring_slot)
+        if len(item_ids) and 0 <= int(item_ids.min()) and int(item_ids.max()) < 4 * len(item_ids) + 1_000_000:
+            loaded.item_lookup = np.full(int(item_ids.max()) + 1, -1, dtype=np.int64)
+            loaded.item_lookup[item_ids] = np.arange(len(item_ids))
         fetched_at = time.monotonic()
         with self.session_factory() as session:
             names = external_ids_for(session, Item, [int(i) for i in item_ids])

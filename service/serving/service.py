@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -33,12 +34,22 @@ class Known:
 
 
 def _encode(loaded: LoadedModel, pairs: list[tuple[int, int]], user: str | None, user_internal: int | None) -> Known:
-    position = loaded.item_position
-    kept = [(position[i], v) for i, v in pairs if i in position]
-    item_idx = torch.tensor([p for p, _ in kept], dtype=torch.long)
-    ratings = torch.tensor([v for _, v in kept], dtype=torch.long)
+    lookup = loaded.item_lookup
+    if pairs and lookup is not None:  # vectorised: internal id -> dense index (-1: not in the version)
+        rows = np.array(pairs, dtype=np.int64)
+        ids = rows[:, 0]
+        found = np.full(len(ids), -1, dtype=np.int64)
+        inside = (ids >= 0) & (ids < len(lookup))
+        found[inside] = lookup[ids[inside]]
+        keep = found >= 0
+        item_idx, ratings = torch.from_numpy(found[keep]), torch.from_numpy(rows[keep, 1])
+    else:
+        position = loaded.item_position
+        kept = [(position[i], v) for i, v in pairs if i in position]
+        item_idx = torch.tensor([p for p, _ in kept], dtype=torch.long)
+        ratings = torch.tensor([v for _, v in kept], dtype=torch.long)
     user_index = loaded.user_position.get(user_internal) if user_internal is not None else None
-    if not kept and (user_index is None or loaded.orientation == "user"):
+    if not item_idx.numel() and (user_index is None or loaded.orientation == "user"):
         source = "popularity"
     elif user_index is not None:
         source = "model"
