@@ -1,5 +1,6 @@
 """Rating models: configuration, training (CD-k with a k schedule, momentum, weight decay, a
-learning-rate schedule and early stopping on validation RMSE), prediction, top-N ranking,
+learning-rate schedule and early stopping on validation RMSE, optionally followed by
+pseudo-likelihood fine-tuning, or the pseudo-likelihood alone), prediction, top-N ranking,
 fold-in, sampled reconstructions and (de)serialisation.
 
 Orientation. ``"user"``: a case is one user's ratings over the items (N = num_items softmax
@@ -58,7 +59,7 @@ FORMAT_VERSION = 1
 
 _KINDS = ("rbm", "dbm", "bm")
 _ORIENTATIONS = ("user", "item")
-_OBJECTIVES = ("cd", "pl", "hybrid")
+_OBJECTIVES = ("cd", "pl")
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,12 @@ class RatingModelConfig:
     epoch (1 → 3 → 5 → 9); ``learning_rate`` decays by ``lr_decay`` per epoch; early stopping
     watches validation RMSE with ``patience`` epochs and restores the best weights.
     ``averaging`` > 0 evaluates and keeps an exponential moving average of the parameters
-    (decay per mini-batch), which smooths the noise of the CD updates."""
+    (decay per mini-batch), which smooths the noise of the CD updates. ``objective``: "cd" (CD-k)
+    or "pl" (the exact pseudo-likelihood: each observed rating's conditional given the case's
+    other ratings, on a random ``pl_fraction`` of them per mini-batch). ``finetune_epochs`` > 0
+    continues the early-stopped model with that many epochs of pseudo-likelihood training (Adam,
+    ``finetune_learning_rate``), early-stopped again: generative training, then discriminative
+    fine-tuning of the same RBM. ``optimizer``: "sgd" (with momentum) or "adam"."""
 
     kind: str = "rbm"
     orientation: str = "item"
@@ -86,12 +92,9 @@ class RatingModelConfig:
     shared_weights: bool = True
     prediction: str = "exact"
     layout: str = "dense"
-    weight_rank: int = 0
     objective: str = "cd"
     optimizer: str = "sgd"
-    pl_weight: float = 1.0
     pl_fraction: float = 1.0
-    pl_jointly: bool = False
     finetune_epochs: int = 0
     finetune_learning_rate: float = 0.001
     init_std: float = 0.01
@@ -117,8 +120,6 @@ class RatingModelConfig:
             (self.layout in ("dense", "sparse"), f"layout must be 'dense' or 'sparse', got {self.layout!r}"),
             (self.objective in _OBJECTIVES, f"objective must be one of {_OBJECTIVES}, got {self.objective!r}"),
             (self.optimizer in ("sgd", "adam"), f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}"),
-            (self.weight_rank >= 0, "weight_rank must be non-negative"),
-            (self.pl_weight >= 0, "pl_weight must be non-negative"),
             (0 < self.pl_fraction <= 1, "pl_fraction must lie in (0, 1]"),
             (self.ranking in ("engagement", "rating"), f"ranking must be 'engagement' or 'rating', got {self.ranking!r}"),
             (self.num_hidden >= 1 and self.num_hidden2 >= 1, "num_hidden and num_hidden2 must be positive"),
@@ -842,8 +843,7 @@ def _build_net(config: RatingModelConfig, train: RatingMatrix, dtype=torch.float
 
         return build_deep_net(config, num_units, train.num_values, dtype=dtype, device=device, generator=generator)
     return SoftmaxRBMNet(num_units, train.num_values, config.num_hidden, config.conditional, config.init_std,
-                         dtype=dtype, device=device, generator=generator, shared=config.shared_weights,
-                         rank=config.weight_rank)
+                         dtype=dtype, device=device, generator=generator, shared=config.shared_weights)
 
 
 def _build_engagement(config: RatingModelConfig, num_items: int, device=None, generator=None):
@@ -934,11 +934,9 @@ def train_rating_model(
             for start in range(0, len(order), config.batch_size):
                 batch = store.batch(order[start : start + config.batch_size]).to(device)
                 if objective == "pl":
-                    stats = _pseudo_likelihood_step(net, batch, config, device_generator, 1.0, zero=True)
+                    stats = _pseudo_likelihood_step(net, batch, config, device_generator)
                 else:
                     stats = net.cd_gradients(batch, k, device_generator, config.layout)
-                    if objective == "hybrid":
-                        _pseudo_likelihood_step(net, batch, config, device_generator, config.pl_weight, zero=False)
                 recon_sq += stats["recon_sq"]
                 recon_n += stats["count"]
                 optimizer.step()
@@ -989,32 +987,23 @@ def train_rating_model(
     return model
 
 
-def _pseudo_likelihood_step(net, batch, config: RatingModelConfig, generator, weight: float, zero: bool) -> dict:
-    """Add ``weight`` × the gradient of the batch's negative pseudo-log-likelihood (on a random
-    ``pl_fraction`` of its observed entries) to the parameters' ``.grad`` (replacing it when
-    ``zero``); returns the same statistics as ``cd_gradients`` where it is the only term."""
+def _pseudo_likelihood_step(net, batch, config: RatingModelConfig, generator) -> dict:
+    """Write the gradient of the batch's negative pseudo-log-likelihood, per case, on a random
+    ``pl_fraction`` of its observed entries, into ``.grad``; returns the same statistics as
+    ``cd_gradients`` (the squared error of each left-out rating's expected value)."""
     select = None
     if config.pl_fraction < 1:
         u = torch.rand(len(batch.rating), generator=generator, device=batch.rating.device)
         select = u < config.pl_fraction
-    if zero:
-        for param in net.parameters():
-            param.grad = None
-    shared_before = None
-    if getattr(net, "shared", False) and net.shared_weight.grad is not None:
-        shared_before = net.shared_weight.grad.clone()
+    for param in net.parameters():
+        param.grad = None
     with torch.enable_grad():
-        logits, target = net.leave_one_out_logits(batch, select, jointly=config.pl_jointly)
+        logits, target = net.leave_one_out_logits(batch, select)
         loss = F.cross_entropy(logits, target, reduction="sum") / max(batch.size, 1)
-        (loss * weight).backward()
-    if getattr(net, "shared", False) and net.shared_weight.grad is not None:
-        # the same per-parameter learning rate for S as in cd_gradients: its gradient sums over
-        # the ~nnz/B ratings of a case
-        per_case = max(len(batch.rating) / max(batch.size, 1), 1.0)
-        before = 0.0 if shared_before is None else shared_before
-        with torch.no_grad():
-            net.shared_weight.grad.copy_(before + (net.shared_weight.grad - before) / per_case)
-    with torch.no_grad():  # leave-one-out expected rating against the observed one
+        loss.backward()
+    with torch.no_grad():
+        if net.shared:  # the per-parameter learning rate of cd_gradients: S sums over a case's ratings
+            net.shared_weight.grad.div_(max(len(batch.rating) / max(batch.size, 1), 1.0))
         values = torch.arange(1, logits.shape[1] + 1, dtype=logits.dtype, device=logits.device)
         recon_sq = float((torch.softmax(logits, -1) @ values - (target + 1)).pow(2).sum())
     return {"recon_sq": recon_sq, "count": float(len(target))}

@@ -96,22 +96,12 @@ class SoftmaxRBMNet(nn.Module):
     and, when ``conditional``, ``conditional_weight`` ``(N, H)`` (D in the paper)."""
 
     def __init__(self, num_units: int, num_values: int, num_hidden: int, conditional: bool = False,
-                 init_std: float = 0.01, dtype=torch.float32, device=None, generator=None, shared: bool = False,
-                 rank: int = 0) -> None:
+                 init_std: float = 0.01, dtype=torch.float32, device=None, generator=None, shared: bool = False) -> None:
         super().__init__()
         self.units = SoftmaxUnits(num_units, num_values)
         self.num_units, self.num_values, self.num_hidden = num_units, num_values, num_hidden
-        self.rank = rank
-        if rank:
-            # W_ik = A_ik B (Salakhutdinov et al. 2007, section 4): K·rank weights per unit
-            # instead of K·H, a shared basis B (rank, H)
-            a = torch.randn((num_units, num_values, rank), generator=generator, dtype=dtype) * init_std
-            b = torch.randn((rank, num_hidden), generator=generator, dtype=dtype) / rank**0.5
-            self.weight_factor = nn.Parameter(a.to(device))
-            self.weight_basis = nn.Parameter(b.to(device))
-        else:
-            weight = torch.randn((num_units, num_values, num_hidden), generator=generator, dtype=dtype) * init_std
-            self.weight = nn.Parameter(weight.to(device))
+        weight = torch.randn((num_units, num_values, num_hidden), generator=generator, dtype=dtype) * init_std
+        self.weight = nn.Parameter(weight.to(device))
         self.visible_bias = nn.Parameter(torch.zeros((num_units, num_values), dtype=dtype, device=device))
         self.hidden_bias = nn.Parameter(torch.zeros(num_hidden, dtype=dtype, device=device))
         self.shared = shared
@@ -121,33 +111,16 @@ class SoftmaxRBMNet(nn.Module):
         if conditional:
             self.conditional_weight = nn.Parameter(torch.zeros((num_units, num_hidden), dtype=dtype, device=device))
 
-    @property
-    def unit_weight(self) -> Tensor:
-        """W ``(N, K, H)``, the per-unit weights (a product of factors when ``rank``)."""
-        if self.rank:
-            return (self.weight_factor.reshape(-1, self.rank) @ self.weight_basis).view(
-                self.num_units, self.num_values, self.num_hidden)
-        return self.weight
-
     def decayed_parameters(self) -> list[nn.Parameter]:
-        params = [self.weight_factor, self.weight_basis] if self.rank else [self.weight]
-        params += [self.conditional_weight] if self.conditional else []
+        """The weights that weight decay applies to (not the biases)."""
+        params = [self.weight] + ([self.conditional_weight] if self.conditional else [])
         return params + ([self.shared_weight] if self.shared else [])
 
     @property
     def effective_weight(self) -> Tensor:
         """W_ik + S_k, ``(N, K, H)``: with ``shared`` a rating-value weight S common to every unit
         lets one hidden unit express "rates everything high" without learning it item by item."""
-        return self.unit_weight + self.shared_weight if self.shared else self.unit_weight
-
-    def _set_weight_grad(self, grad: Tensor) -> None:
-        """Write dL/dW (N, K, H) into the weight parameters (through the factors when ``rank``)."""
-        if not self.rank:
-            _set_grad(self.weight, grad)
-            return
-        flat = grad.reshape(-1, self.num_hidden)
-        _set_grad(self.weight_factor, (flat @ self.weight_basis.t()).view_as(self.weight_factor))
-        _set_grad(self.weight_basis, self.weight_factor.reshape(-1, self.rank).t() @ flat)
+        return self.weight + self.shared_weight if self.shared else self.weight
 
     @property
     def flat_weight(self) -> Tensor:
@@ -219,8 +192,7 @@ class SoftmaxRBMNet(nn.Module):
         return torch.cat(out)
 
     # -- learning -------------------------------------------------------------------------------
-    def leave_one_out_logits(self, batch: CaseBatch, select: Tensor | None = None,
-                             jointly: bool = False) -> tuple[Tensor, Tensor]:
+    def leave_one_out_logits(self, batch: CaseBatch, select: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Unnormalised log p(v_q = k | the case's other observed units) for the observed entries
         ``select`` (a boolean mask over the batch's entries; all when None), differentiable:
         ``(logits (P, K), observed rating - 1 (P,))``.
@@ -228,20 +200,14 @@ class SoftmaxRBMNet(nn.Module):
         Each row is the model's exact conditional (the prediction rule of ``query_logits``):
         b_qk + Σ_j softplus(x_j - W_{q,v_q,j} + W_qkj), with x the case's hidden field. The sum of
         the log-probabilities of the observed ratings is the case's pseudo-log-likelihood under
-        this RBM, a consistent estimator that needs no negative phase. ``jointly``: every selected
-        unit is predicted from the unselected ones alone (all selected units are left out at
-        once, as missing ratings are at prediction time), which regularises like dropout."""
+        this RBM, a consistent estimator that needs no negative phase."""
         x = self.hidden_field(batch)
         unit, rating, case = batch.unit, batch.rating, batch.case
         if select is not None:
             unit, rating, case = unit[select], rating[select], case[select]
         weight = self.effective_weight[unit]  # (P, K, H)
         own = weight.gather(1, (rating - 1).view(-1, 1, 1).expand(-1, 1, self.num_hidden))
-        if jointly:  # remove every selected unit from its case's field
-            x = x.index_add(0, case, own.squeeze(1), alpha=-1.0)
-            base = x[case].unsqueeze(1)
-        else:
-            base = x[case].unsqueeze(1) - own  # (P, 1, H): the field without the query unit
+        base = x[case].unsqueeze(1) - own  # (P, 1, H): the field without the query unit
         return F.softplus(base + weight).sum(-1) + self.visible_bias[unit], rating - 1
 
     @torch.no_grad()
@@ -278,13 +244,13 @@ class SoftmaxRBMNet(nn.Module):
         grad_b = torch.zeros(self.num_units * self.num_values, dtype=grad_w.dtype, device=grad_w.device)
         grad_b.index_add_(0, neg_flat, torch.full_like(neg_flat, 1, dtype=grad_w.dtype), alpha=scale)
         grad_b.index_add_(0, pos_flat, torch.full_like(pos_flat, 1, dtype=grad_w.dtype), alpha=-scale)
-        self._set_weight_grad(grad_w.view(self.num_units, self.num_values, self.num_hidden))
+        _set_grad(self.weight, grad_w.view_as(self.weight))
         if self.shared:
             # S sits in every observed unit's weights, so its gradient sums over the ~nnz/B ratings
             # of a case; dividing by that count gives S a per-parameter learning rate on the scale
             # of one unit's weights (the direction is still the exact gradient's).
             per_case = max(len(batch.rating) / max(batch.size, 1), 1.0)
-            _set_grad(self.shared_weight, grad_w.view(self.num_units, self.num_values, self.num_hidden).sum(0) / per_case)
+            _set_grad(self.shared_weight, grad_w.view_as(self.weight).sum(0) / per_case)
         _set_grad(self.visible_bias, grad_b.view_as(self.visible_bias))
         _set_grad(self.hidden_bias, (p_neg - p_pos).mean(0))
         if self.conditional:
