@@ -32,9 +32,9 @@ MAX_DENSITY_OUTER = 0.2
 MAX_DENSITY_OUTER_THREADED = 0.12
 # CD's paired gradient (chain_outer) sums one row per unit and sample where the data or the chain end
 # is on; it beats the two dense products below these fractions of batch x units (measured as above,
-# 784 x 500, batch 100: near 40 % with one thread, near 20 % with two)
-MAX_ROWS_PAIRED = 0.35
-MAX_ROWS_PAIRED_THREADED = 0.2
+# 784 x 500, batch 100, quiet machine: near 40-45 % with one thread, 30-35 % with two)
+MAX_ROWS_PAIRED = 0.4
+MAX_ROWS_PAIRED_THREADED = 0.3
 MIN_WORK = 1 << 20
 
 _FLOAT_TYPES = (torch.float32, torch.float64)
