@@ -427,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         save_model(model, args.out)
         print(f"wrote {args.out}", flush=True)
     if world_size > 1:
+        # every rank waits for rank 0's file before tearing gloo down: a rank that destroyed its group
+        # while rank 0 was still writing sometimes aborted ("terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()
     return 0
 
