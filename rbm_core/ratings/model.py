@@ -70,7 +70,9 @@ class RatingModelConfig:
     ``averaging`` > 0 evaluates and keeps an exponential moving average of the parameters
     (decay per mini-batch), which smooths the noise of the CD updates. ``objective``: "cd" (CD-k)
     or "pl" (the exact pseudo-likelihood: each observed rating's conditional given the case's
-    other ratings, on a random ``pl_fraction`` of them per mini-batch). ``finetune_epochs`` > 0
+    other ratings, on a random ``pl_fraction`` of them per mini-batch; ``pl_dropout`` > 0 conditions
+    each on a random subset of the others instead, every rating of the batch being left out of the
+    conditioning set with that probability). ``finetune_epochs`` > 0
     continues the early-stopped model with that many epochs of pseudo-likelihood training (Adam,
     ``finetune_learning_rate``), early-stopped again: generative training, then discriminative
     fine-tuning of the same RBM. ``optimizer``: "sgd" (with momentum) or "adam"."""
@@ -95,6 +97,7 @@ class RatingModelConfig:
     objective: str = "cd"
     optimizer: str = "sgd"
     pl_fraction: float = 1.0
+    pl_dropout: float = 0.0
     finetune_epochs: int = 0
     finetune_learning_rate: float = 0.001
     init_std: float = 0.01
@@ -121,6 +124,7 @@ class RatingModelConfig:
             (self.objective in _OBJECTIVES, f"objective must be one of {_OBJECTIVES}, got {self.objective!r}"),
             (self.optimizer in ("sgd", "adam"), f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}"),
             (0 < self.pl_fraction <= 1, "pl_fraction must lie in (0, 1]"),
+            (0 <= self.pl_dropout < 1, "pl_dropout must lie in [0, 1)"),
             (self.ranking in ("engagement", "rating"), f"ranking must be 'engagement' or 'rating', got {self.ranking!r}"),
             (self.num_hidden >= 1 and self.num_hidden2 >= 1, "num_hidden and num_hidden2 must be positive"),
             (self.epochs >= 1, "epochs must be positive"),
@@ -990,15 +994,23 @@ def train_rating_model(
 def _pseudo_likelihood_step(net, batch, config: RatingModelConfig, generator) -> dict:
     """Write the gradient of the batch's negative pseudo-log-likelihood, per case, on a random
     ``pl_fraction`` of its observed entries, into ``.grad``; returns the same statistics as
-    ``cd_gradients`` (the squared error of each left-out rating's expected value)."""
-    select = None
+    ``cd_gradients`` (the squared error of each left-out rating's expected value). With
+    ``pl_dropout`` each target's conditional is given the case's kept ratings only (each rating is
+    dropped with probability ``pl_dropout``, the same draw for every target of the case): the exact
+    conditional of the RBM over the kept units and the target, i.e. the prediction rule applied to
+    a case with fewer known ratings, as a test case has fewer than the training ones plus the
+    held-out one."""
+    select = keep = None
     if config.pl_fraction < 1:
         u = torch.rand(len(batch.rating), generator=generator, device=batch.rating.device)
         select = u < config.pl_fraction
+    if config.pl_dropout > 0:
+        u = torch.rand(len(batch.rating), generator=generator, device=batch.rating.device)
+        keep = u >= config.pl_dropout
     for param in net.parameters():
         param.grad = None
     with torch.enable_grad():
-        logits, target = net.leave_one_out_logits(batch, select)
+        logits, target = net.leave_one_out_logits(batch, select, keep)
         loss = F.cross_entropy(logits, target, reduction="sum") / max(batch.size, 1)
         loss.backward()
     with torch.no_grad():

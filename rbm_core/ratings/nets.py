@@ -127,12 +127,14 @@ class SoftmaxRBMNet(nn.Module):
         return self.effective_weight.reshape(self.num_units * self.num_values, self.num_hidden)
 
     # -- fields ---------------------------------------------------------------------------------
-    def hidden_field(self, batch: CaseBatch, rating: Tensor | None = None) -> Tensor:
+    def hidden_field(self, batch: CaseBatch, rating: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
         """c + Σ_{i∈O} W_{i,v_i} (+ Σ_i r_i D_i), shape ``(B, H)``; ``rating`` overrides the
-        batch's ratings (e.g. with sampled ones at the same positions)."""
+        batch's ratings (e.g. with sampled ones at the same positions); ``keep`` (a boolean mask
+        over the batch's entries) restricts O to the kept entries, the others being unobserved."""
         rating = batch.rating if rating is None else rating
         flat = batch.unit * self.num_values + (rating - 1)
-        field = F.embedding_bag(flat, self.flat_weight, batch.offsets, mode="sum")
+        weights = None if keep is None else keep.to(self.visible_bias.dtype)
+        field = F.embedding_bag(flat, self.flat_weight, batch.offsets, mode="sum", per_sample_weights=weights)
         if field.shape[0] < batch.size:  # trailing empty cases
             field = torch.cat([field, field.new_zeros(batch.size - field.shape[0], self.num_hidden)])
         field = field + self.hidden_bias
@@ -192,7 +194,8 @@ class SoftmaxRBMNet(nn.Module):
         return torch.cat(out)
 
     # -- learning -------------------------------------------------------------------------------
-    def leave_one_out_logits(self, batch: CaseBatch, select: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def leave_one_out_logits(self, batch: CaseBatch, select: Tensor | None = None,
+                             keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Unnormalised log p(v_q = k | the case's other observed units) for the observed entries
         ``select`` (a boolean mask over the batch's entries; all when None), differentiable:
         ``(logits (P, K), observed rating - 1 (P,))``.
@@ -200,15 +203,25 @@ class SoftmaxRBMNet(nn.Module):
         Each row is the model's exact conditional (the prediction rule of ``query_logits``):
         b_qk + Σ_j softplus(x_j - W_{q,v_q,j} + W_qkj), with x the case's hidden field. The sum of
         the log-probabilities of the observed ratings is the case's pseudo-log-likelihood under
-        this RBM, a consistent estimator that needs no negative phase."""
-        x = self.hidden_field(batch)
+        this RBM, a consistent estimator that needs no negative phase.
+
+        ``keep`` (a boolean mask over the entries; all when None) conditions on the kept entries
+        only, the others being unobserved (absent from the case's RBM, as an unrated unit is):
+        x sums over the kept entries, and a kept target's own term leaves it as above, while a
+        dropped target is predicted from the kept ones exactly as ``query_logits`` predicts an
+        unobserved unit."""
+        x = self.hidden_field(batch, keep=keep)
         unit, rating, case = batch.unit, batch.rating, batch.case
+        kept = keep
         if select is not None:
             unit, rating, case = unit[select], rating[select], case[select]
-        weight = self.effective_weight[unit]  # (P, K, H)
-        own = weight.gather(1, (rating - 1).view(-1, 1, 1).expand(-1, 1, self.num_hidden))
-        base = x[case].unsqueeze(1) - own  # (P, 1, H): the field without the query unit
-        return F.softplus(base + weight).sum(-1) + self.visible_bias[unit], rating - 1
+            kept = None if keep is None else keep[select]
+        effective = self.effective_weight
+        own = effective[unit, rating - 1]  # (P, H)
+        if kept is not None:
+            own = own * kept.unsqueeze(-1).to(own.dtype)
+        base = x[case] - own  # (P, H): the field without the query unit
+        return _SoftplusRows.apply(base, effective, unit) + self.visible_bias[unit], rating - 1
 
     @torch.no_grad()
     def cd_gradients(self, batch: CaseBatch, k: int, generator: torch.Generator | None, layout: str) -> dict:
@@ -270,6 +283,33 @@ class SoftmaxRBMNet(nn.Module):
         """Dense layout: the full visible field ``h Wᵀ`` (B, N·K), read at the observed units."""
         full = torch.mm(h, self.flat_weight.t()).view(batch.size, self.num_units, self.num_values)
         return full[batch.case, batch.unit] + self.visible_bias[batch.unit]
+
+
+class _SoftplusRows(torch.autograd.Function):
+    """Σ_j softplus(base_pj + W[unit_p, k, j]), ``(P, K)``, for ``base`` ``(P, H)`` and ``W``
+    ``(N, K, H)``: the autograd graph of ``F.softplus(base.unsqueeze(1) + W[unit]).sum(-1)`` with
+    one ``(P, K, H)`` buffer instead of four (the gather, the sum, the softplus and its gradient)
+    and the weight gradient by one ``index_add_`` (d/dz softplus(z) = σ(z)); ~1.5x faster on a CPU
+    core, equal to the plain graph (tested)."""
+
+    @staticmethod
+    def forward(ctx, base: Tensor, weight: Tensor, unit: Tensor) -> Tensor:
+        z = weight[unit].add_(base.unsqueeze(1))  # (P, K, H)
+        ctx.save_for_backward(z, unit)
+        ctx.weight_shape = weight.shape
+        return F.softplus(z).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        z, unit = ctx.saved_tensors
+        t = torch.sigmoid(z).mul_(grad.unsqueeze(-1))
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            n, k, h = ctx.weight_shape
+            grad_weight = torch.zeros(n, k * h, dtype=t.dtype, device=t.device)
+            grad_weight.index_add_(0, unit, t.view(-1, k * h))
+            grad_weight = grad_weight.view(n, k, h)
+        return t.sum(1) if ctx.needs_input_grad[0] else None, grad_weight, None
 
 
 def _sample_categorical(probs: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -150,6 +150,48 @@ def test_leave_one_out_logits_are_the_exact_predictive_of_each_observed_unit(con
         assert torch.allclose(torch.log_softmax(logits[3], -1), torch.log_softmax(log_joint, 0), atol=1e-10)
 
 
+@pytest.mark.parametrize("conditional", [False, True])
+def test_leave_one_out_logits_with_dropped_entries_condition_on_the_kept_ones(conditional):
+    """Pseudo-likelihood with input dropout: each target's exact conditional given the kept
+    entries only, i.e. ``query_logits`` on the case without the dropped entries (a dropped target
+    is then an unobserved unit, a kept one leaves its own term out)."""
+    net = make_net(5, 3, conditional, seed=3)
+    batch = _store_batch(conditional)
+    keep = torch.tensor([True, False, True, True, True, True, False, True, False])
+    select = torch.tensor([True, True, False, True, True, True, True, False, True])
+    logits, target = net.leave_one_out_logits(batch, select, keep)
+    kept = CaseBatch(batch.size, batch.case[keep], batch.unit[keep], batch.rating[keep],
+                     torch.tensor([0, 2, 4]), batch.rated_case, batch.rated_unit)
+    expected = net.query_logits(kept, batch.case[select], batch.unit[select], exact=True)
+    assert torch.equal(target, batch.rating[select] - 1)
+    assert torch.allclose(torch.log_softmax(logits, -1), torch.log_softmax(expected, -1), atol=1e-10)
+    if not conditional:  # case 2 keeps {0: 4, 3: 1}: its dropped unit 1 given those, by enumeration
+        log_joint = torch.stack([-exact_free_energy(net, {0: 4, 1: k, 3: 1}) for k in range(1, K + 1)])
+        row = int(torch.nonzero(select)[:, 0].tolist().index(6))
+        assert torch.allclose(torch.log_softmax(logits[row], -1), torch.log_softmax(log_joint, 0), atol=1e-10)
+
+
+def test_fused_softplus_rows_equal_the_plain_autograd_graph():
+    """``_SoftplusRows`` (used by ``leave_one_out_logits``) against autograd of the plain formula."""
+    from torch.nn import functional as F
+
+    from rbm_core.ratings.nets import _SoftplusRows
+
+    g = torch.Generator().manual_seed(4)
+    weight = torch.randn(6, K, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    base = torch.randn(9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    unit = torch.tensor([0, 5, 2, 2, 1, 0, 4, 2, 3])
+    out_grad = torch.randn(9, K, generator=g, dtype=torch.float64)
+    fused = _SoftplusRows.apply(base, weight, unit)
+    fused_grads = torch.autograd.grad(fused, (base, weight), out_grad)
+    plain = F.softplus(base.unsqueeze(1) + weight[unit]).sum(-1)
+    plain_grads = torch.autograd.grad(plain, (base, weight), out_grad)
+    assert torch.allclose(fused, plain, atol=1e-12)
+    for a, b in zip(fused_grads, plain_grads):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda b, w: _SoftplusRows.apply(b, w, unit), (base, weight))
+
+
 def test_case_store_batches_rows_in_order():
     store = CaseStore(3, torch.tensor([2, 0, 2, 1]), torch.tensor([1, 0, 0, 3]), torch.tensor([5, 4, 3, 2]))
     batch = store.batch(torch.tensor([2, 1]))
