@@ -297,8 +297,10 @@ class RatingModel:
         """p(rating = k) for ``items`` (default all), ``(len(items), K)``, given one user's known
         ratings; ``user_index`` names the training row, None folds the user in."""
         item_idx, ratings = self._known(item_idx, ratings)
-        items = self._items(items)
-        user_index = self._user_index(user_index)
+        return self._proba(item_idx, ratings, self._items(items), self._user_index(user_index))
+
+    def _proba(self, item_idx: Tensor, ratings: Tensor, items: Tensor, user_index: int | None) -> Tensor:
+        """``predict_proba`` on checked inputs."""
         if item_idx.numel() == 0 and (user_index is None or self.config.orientation == "user"):
             return self.item_fallback[items].to(self.dtype)
         if self.config.kind != "rbm" and self.config.orientation == "user":
@@ -399,7 +401,7 @@ class RatingModel:
             return self.item_counts.to(probs.dtype), expected
         if self.config.ranking == "rating" or self.engagement is None:
             return expected, expected
-        engage = self.engagement_log_prob(item_idx)
+        engage = self._engagement_log_prob(item_idx)
         like = probs[:, self.config.like_threshold - 1 :].sum(-1).clamp_min(1e-12).log()
         return engage + self.config.ranking_weight * like, expected
 
@@ -407,15 +409,18 @@ class RatingModel:
     def engagement_log_prob(self, item_idx: Tensor) -> Tensor:
         """log p(rated_q = 1 | the user's other rated indicators) for every item, ``(num_items,)``,
         exact in the implicit Bernoulli RBM."""
+        return self._engagement_log_prob(torch.unique(torch.as_tensor(item_idx).long().reshape(-1).cpu()))
+
+    def _engagement_log_prob(self, rated: Tensor) -> Tensor:
+        """``engagement_log_prob`` for distinct item indices ``rated``."""
         cache = self._serving()
         w, a = cache["engagement_weight"], cache["engagement_visible_bias"]  # (N, H), (N,)
-        rated = torch.unique(item_idx.long()).to(w.device)
-        x = cache["engagement_hidden_bias"] + w[rated].sum(0)  # (H,)
+        rated = rated.to(w.device)
+        x = cache["engagement_hidden_bias"] + w.index_select(0, rated).sum(0)  # (H,)
         # An unrated q: field x with r_q = 0 and x + w_q with r_q = 1. A rated q: x - w_q and x.
-        soft_x = F.softplus(x)
-        logit = a + (_softplus(x, w, cache["engagement_exp_weight"]) - soft_x).sum(-1)
+        logit = _softplus_gain(x, w, cache["engagement_exp_weight"]).add_(a)
         if rated.numel():
-            logit[rated] = a[rated] + (soft_x - F.softplus(x - w[rated])).sum(-1)
+            logit[rated] = a[rated] + (F.softplus(x) - F.softplus(x - w[rated])).sum(-1)
         return F.logsigmoid(logit).cpu().to(self.dtype)
 
     # -- serving: one user's pass over every item ----------------------------------------------
@@ -434,7 +439,7 @@ class RatingModel:
                 net = self.net
                 weight = net.effective_weight.detach().contiguous()  # (N, K, H)
                 cache["weight"] = weight
-                cache["exp_weight"] = (weight.exp(), float(weight.max())) if self.config.prediction == "exact" else None
+                cache["exp_weight"] = (weight.exp(), float(weight.abs().max())) if self.config.prediction == "exact" else None
                 cache["flat_weight"] = weight.view(-1, weight.shape[-1])
                 cache["visible_bias"] = net.visible_bias.detach()
                 cache["hidden_bias"] = net.hidden_bias.detach()
@@ -442,7 +447,7 @@ class RatingModel:
             if self.engagement is not None:
                 cache["engagement_weight"] = self.engagement.weight.detach().contiguous()
                 w = cache["engagement_weight"]
-                cache["engagement_exp_weight"] = (w.exp(), float(w.max()))
+                cache["engagement_exp_weight"] = (w.exp(), float(w.abs().max()))
                 cache["engagement_visible_bias"] = self.engagement.visible_bias.detach()
                 cache["engagement_hidden_bias"] = self.engagement.hidden_bias.detach()
         self._serving_cache = cache
@@ -452,10 +457,11 @@ class RatingModel:
                      exp_weight: tuple[Tensor, float] | None = None) -> Tensor:
         """Logits of softmax units with weights ``weight`` ``(P or 1, K, H)`` and biases ``bias`` given
         hidden fields ``base`` ``(P, H)`` (or ``(H,)``) that leave the unit out: exact
-        Σ_j softplus(base_j + W_kj), or the one-step mean field Σ_j W_kj σ(base_j).
-        ``exp_weight`` = (exp(weight), max(weight)), when given, turns each softplus into log1p(e^base · e^W)."""
+        Σ_j softplus(base_j + W_kj) - softplus(base_j) (the constant of each row cancels in the softmax over k),
+        or the one-step mean field Σ_j W_kj σ(base_j).
+        ``exp_weight`` = (exp(weight), max |weight|), when given, takes ``_softplus_gain``'s product form."""
         if self.config.prediction == "exact":
-            return _softplus_sum(base.unsqueeze(-2), weight, exp_weight) + bias
+            return _softplus_gain(base.unsqueeze(-2), weight, exp_weight) + bias
         if base.dim() == 1:
             return weight @ torch.sigmoid(base) + bias
         return torch.einsum("pkh,ph->pk", weight.expand(base.shape[0], -1, -1), torch.sigmoid(base)) + bias
@@ -476,7 +482,10 @@ class RatingModel:
         w = weight if whole else weight[query]
         b = bias if whole else bias[query]
         if cond is None:
-            logits = self._unit_logits(x, w, b, cache["exp_weight"] if whole else None)
+            exp_w = cache["exp_weight"]
+            if exp_w is not None and not whole:
+                exp_w = (exp_w[0][query], exp_w[1])
+            logits = self._unit_logits(x, w, b, exp_w)
         else:  # an unrated q is asked "given that the user rates q": its D row joins the field
             logits = self._unit_logits(x + (cond if whole else cond[query]), w, b)
         own = torch.zeros(self.num_items, dtype=torch.long, device=device)
@@ -517,7 +526,7 @@ class RatingModel:
                 extra = self.rated_extra
                 rated[extra.items[extra.users == user_index].to(device)] = True
             base = base + cond[user_index] * (~rated[query]).unsqueeze(-1).to(base.dtype)
-        exp_w = (cache["exp_weight"][0][user_index], float(w_u.max())) if cache["exp_weight"] is not None else None
+        exp_w = (cache["exp_weight"][0][user_index], float(w_u.abs().max())) if cache["exp_weight"] is not None else None
         probs = torch.softmax(self._unit_logits(base, w_u, b_u, exp_w), -1).cpu()
         # the fallbacks of predict_pairs: items never rated in training, a user with no training ratings
         if hi == lo:
@@ -557,22 +566,24 @@ class RatingModel:
         ranking_weight ≥ 0 the score engage(q) + w · log P(like_q) never exceeds engage(q), so items
         are scored in decreasing engage, in growing rounds, until the (offset + n)-th best score beats
         the engage of every item not yet scored: the same items, order and values as the full pass."""
-        engage = self.engagement_log_prob(item_idx)
+        engage = self._engagement_log_prob(item_idx)
         if exclude_known:
-            engage = engage.clone()
             engage[item_idx] = -math.inf
-        by_engage = torch.argsort(engage, descending=True, stable=True)
+        user_index = self._user_index(user_index)
         want = offset + n
         values = torch.arange(1, self.num_values + 1, dtype=self.dtype)
         size = max(4 * want, self._PRUNE_FIRST)
         while True:
+            # The size + 1 highest engagements: the candidates, and the bound on every other item's score.
+            # (Which of several items tied at the bound are candidates does not matter: none can pass it.)
+            top, by_engage = torch.topk(engage, min(size + 1, self.num_items))
             chosen = by_engage[:size]
-            chosen = torch.sort(chosen[torch.isfinite(engage[chosen])]).values  # by index: ties as in the full pass
-            probs = self.predict_proba(item_idx, ratings, chosen, user_index)
+            chosen = torch.sort(chosen[torch.isfinite(top[:size])]).values  # by index: ties as in the full pass
+            probs = self._proba(item_idx, ratings, chosen, user_index)
             like = probs[:, self.config.like_threshold - 1 :].sum(-1).clamp_min(1e-12).log()
             score = engage[chosen] + self.config.ranking_weight * like
             order = torch.argsort(score, descending=True, stable=True)
-            bound = float(engage[by_engage[size]]) if size < self.num_items else -math.inf
+            bound = float(top[size]) if size < self.num_items else -math.inf
             if bound == -math.inf or (len(order) >= want and float(score[order[want - 1]]) > bound):
                 keep = order[offset:want]
                 keep = keep[torch.isfinite(score[keep])]
@@ -815,20 +826,31 @@ class RatingModel:
         return model
 
 
-def _softplus(base: Tensor, weight: Tensor, exp_weight: tuple[Tensor, float] | None = None) -> Tensor:
-    """softplus(base + weight), broadcast. With ``exp_weight`` = (exp(weight), max(weight)) it is log1p(e^base ·
-    e^weight): one exp per element of ``base`` instead of one per element of the (larger) result,
-    within float rounding of softplus; used only where neither factor can overflow or lose
-    precision (|base| < 80 and base + weight < 80), else the plain softplus."""
-    if exp_weight is not None and base.numel():
-        low, high = torch.aminmax(base)
-        if float(low) > -80.0 and float(high) + exp_weight[1] < 80.0:
-            return torch.exp(base).mul(exp_weight[0]).log1p_()
-    return F.softplus(base + weight)
+def _softplus_gain(base: Tensor, weight: Tensor, exp_weight: tuple[Tensor, float] | None = None) -> Tensor:
+    """Σ_j softplus(base_j + weight_j) - softplus(base_j) over the last dimension, broadcast: what switching a
+    unit with weights ``weight`` on adds to -F.
 
-
-def _softplus_sum(base: Tensor, weight: Tensor, exp_weight: tuple[Tensor, float] | None = None) -> Tensor:
-    return _softplus(base, weight, exp_weight).sum(-1)
+    With ``exp_weight`` = (exp(weight), max |weight|) it is Σ_j log f_j with f_j = 1 - σ(base_j) + σ(base_j)
+    e^{weight_j} = e^{softplus(base_j + weight_j) - softplus(base_j)}. Each f_j lies between e^{-|w_j|} and
+    e^{|w_j|} whatever the base, so a product of 2^g factors stays inside the float range while 2^g · max |w| <
+    80: the logarithm is taken of products of pairs, fours or eights (one log per up to eight elements instead of
+    a softplus per element), equal up to float rounding."""
+    if exp_weight is None or not base.numel() or not exp_weight[1] < 80.0:
+        return (F.softplus(base + weight) - F.softplus(base)).sum(-1)
+    on = torch.sigmoid(base)
+    products = torch.addcmul(1.0 - on, on, exp_weight[0])
+    rest, bound = None, exp_weight[1]
+    for _ in range(3):  # pairs, fours, eights
+        if products.shape[-1] < 2 or 2 * bound >= 80.0:
+            break
+        half = products.shape[-1] // 2
+        if products.shape[-1] > 2 * half:  # an odd column left over: its log on its own
+            odd = products[..., -1].log()
+            rest = odd if rest is None else rest + odd
+        products = products[..., :half] * products[..., half : 2 * half]
+        bound *= 2
+    total = products.log_().sum(-1)
+    return total if rest is None else total.add_(rest)
 
 
 def _single_case(item_idx: Tensor, ratings: Tensor, conditional: bool) -> CaseBatch:

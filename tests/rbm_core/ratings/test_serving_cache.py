@@ -3,12 +3,14 @@ same numbers as the general batched code it replaces: ``SoftmaxRBMNet.query_logi
 ``predict_pairs`` for a training user of an item-based model, and the engagement RBM's conditional
 computed from the dense indicator row."""
 
+import copy
+
 import pytest
 import torch
 from torch.nn import functional as F
 
 from rbm_core.ratings import RatingMatrix, RatingModel, RatingModelConfig
-from rbm_core.ratings.model import _build_engagement, _build_net, _single_case
+from rbm_core.ratings.model import _build_engagement, _build_net, _single_case, _softplus_gain
 
 TOL = 1e-5
 
@@ -45,7 +47,7 @@ def reference_user_proba(model: RatingModel, item_idx, ratings, items) -> torch.
 
 def reference_engagement(model: RatingModel, item_idx) -> torch.Tensor:
     rbm = model.engagement
-    r = torch.zeros(1, model.num_items)
+    r = torch.zeros(1, model.num_items, dtype=rbm.weight.dtype)
     r[0, item_idx] = 1.0
     x = rbm.hidden_field(r)[0]
     base = x - r[0].unsqueeze(-1) * rbm.weight
@@ -115,17 +117,34 @@ def test_cache_follows_parameter_updates_and_survives_bytes():
     assert torch.allclose(loaded.predict_proba(item_idx, ratings), after, atol=TOL, rtol=0)
 
 
-def test_large_fields_take_the_plain_softplus():
-    # fields beyond the range where log1p(e^x · e^W) is safe in float32: the plain softplus is used
+def test_large_fields_stay_accurate():
+    # hidden fields of +-200: softplus(x + W) summed in float32 would lose the logits' differences (one ulp of
+    # the sum is ~1e-4); the serving pass works with softplus(x + W) - softplus(x) and matches float64
     model = random_model("user", "exact", False, seed=3)
     with torch.no_grad():
         model.net.hidden_bias.add_(200.0)
         model.engagement.hidden_bias.sub_(200.0)
+    exact = copy.deepcopy(model)
+    exact.net.double()
+    exact.engagement.double()
     item_idx, ratings = torch.tensor([4, 8]), torch.tensor([2, 5])
-    want = model._apply_unseen_fallback(reference_user_proba(model, item_idx, ratings, torch.arange(model.num_items)),
+    want = model._apply_unseen_fallback(reference_user_proba(exact, item_idx, ratings, torch.arange(model.num_items)),
                                         torch.arange(model.num_items), ratings)
-    assert torch.allclose(model.predict_proba(item_idx, ratings), want, atol=TOL, rtol=0)
-    assert torch.allclose(model.engagement_log_prob(item_idx), reference_engagement(model, item_idx), atol=TOL, rtol=0)
+    assert torch.allclose(model.predict_proba(item_idx, ratings).double(), want, atol=TOL, rtol=0)
+    assert torch.allclose(model.engagement_log_prob(item_idx).double(), reference_engagement(exact, item_idx),
+                          atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 30.0])
+def test_softplus_gain_equals_the_plain_formula(scale):
+    # the product form (pairs, fours, eights of factors, by the size of the weights) against float64
+    g = torch.Generator().manual_seed(int(scale))
+    base = torch.randn(13, generator=g) * 5
+    weight = torch.randn(7, 5, 13, generator=g) * scale
+    exact = (F.softplus(base.double() + weight.double()) - F.softplus(base.double())).sum(-1)
+    got = _softplus_gain(base, weight, (weight.exp(), float(weight.abs().max())))
+    assert torch.allclose(got.double(), exact, atol=1e-5 * max(1.0, scale), rtol=1e-6)
+    assert torch.allclose(_softplus_gain(base, weight), got, atol=1e-4 * max(1.0, scale), rtol=1e-5)
 
 
 @pytest.mark.parametrize("orientation", ["user", "item"])
