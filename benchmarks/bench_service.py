@@ -7,7 +7,7 @@ PostgreSQL spent per request), with the API's process count stated.
     .venv/bin/python benchmarks/bench_service.py --data /work/shared/data/ml-1m/ratings.dat
     (needs PostgreSQL and wrk: apt-get install -y wrk)
 
-Writes benchmarks/results/service.json and prints a Markdown table. Timings on a shared machine are noisy:
+Writes benchmarks/results/service.json and prints a Markdown table; the last line is JSON (the figures). Timings on a shared machine are noisy:
 the load average at the start is recorded, and the import is reported next to its COPY reference."""
 
 from __future__ import annotations
@@ -246,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     for clients, level in result["load"].items():
         print(f"| {clients} | {level['requests_per_second']:.0f} | {level['p50_ms']:.1f} | {level['p99_ms']:.1f} | "
               f"{level['api_cpu_ms_per_request']} |")
+    # machine-readable last line
+    summary = {"api_processes": args.workers, "load_average_at_start": result["load_average_at_start"],
+               "import_ratings_per_s": result.get("import_exclusive", {}).get("rows_per_second"),
+               "import_checked_ratings_per_s": result.get("import", {}).get("rows_per_second"),
+               **{f"c{clients}_{key}": level[key] for clients, level in result["load"].items()
+                  for key in ("requests_per_second", "p50_ms", "p99_ms", "api_cpu_ms_per_request")}}
+    print(json.dumps(summary, sort_keys=True))
     return 0
 
 
