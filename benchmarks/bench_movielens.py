@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         models = report["rating"]["models"]
         ratios = {}
         for name, row in models.items():
-            if name in harness.RBM_PRESETS:
+            if name in harness.RBM_PRESETS or name in harness.BLENDS:
                 for reference in ("biases", "mf"):
                     if reference in models:
                         ratios[f"{name}/{reference}"] = row["rmse"] / models[reference]["rmse"]

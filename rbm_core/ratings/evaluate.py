@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from rbm_core.ratings import baselines
+from rbm_core.ratings.blend import RatingBlend
 from rbm_core.ratings.data import RatingMatrix, load_ratings, split_per_user, split_random
 from rbm_core.ratings.metrics import mae, rmse, topn_metrics
 from rbm_core.ratings.model import RatingModelConfig, train_rating_model
@@ -46,6 +47,9 @@ RBM_PRESETS: dict[str, dict[str, Any]] = {
     "bm-item": {"kind": "bm", "orientation": "item", "num_hidden": 100, "init_std": 0.1, "learning_rate": 0.3,
                 "averaging": 0.0, "mean_field_steps": 10},
 }
+# Blends (rating protocol only): the members' expected ratings combined by least squares on the validation part,
+# with weights that depend on the user's and the item's number of ratings (rbm_core.ratings.blend).
+BLENDS: dict[str, tuple[str, ...]] = {"rbm-blend": ("crbm-item", "crbm-user")}
 BASELINES = ("global-mean", "biases", "mf", "popularity")
 DEFAULT_MODELS = ("global-mean", "biases", "mf", "popularity", "rbm-item", "rbm-user", "crbm-item", "crbm-user",
                   "dbm-item", "bm-item")
@@ -64,8 +68,11 @@ def _baseline(name: str, seed: int):
 
 
 def rbm_config(name: str, seed: int, overrides: dict[str, Any]) -> RatingModelConfig:
+    """The preset of ``name``, then the overrides for every model (``key``), then those for this model
+    (``name.key``)."""
     preset = dict(RBM_PRESETS[name])
-    preset.update(overrides)
+    preset.update({k: v for k, v in overrides.items() if "." not in k})
+    preset.update({k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith(name + ".")})
     preset["seed"] = seed
     return RatingModelConfig.from_dict(preset)
 
@@ -78,11 +85,29 @@ def run_rating_protocol(data: RatingMatrix, models: list[str], seed: int, overri
     train_part, test = split_random(data, 0.1, seed)
     fit, valid = split_random(train_part, 0.1, seed + 1)
     results: dict[str, dict[str, float]] = {}
+    trained: dict[str, tuple[Any, float]] = {}  # RBM name -> (model, train seconds), shared with the blends
+
+    def train_rbm(name: str) -> tuple[Any, float]:
+        if name not in trained:
+            start = time.perf_counter()
+            config = rbm_config(name, seed, {**overrides, "ranking": "rating"})
+            trained[name] = (train_rating_model(fit, config, validation=valid, device=device), time.perf_counter() - start)
+        return trained[name]
+
     for name in models:
         if name == "popularity":
             continue
         start = time.perf_counter()
-        if name in BASELINES:
+        if name in BLENDS:
+            members = [train_rbm(member) for member in BLENDS[name]]
+            on_valid = torch.stack([_expected(rm.predict_pairs(valid.users, valid.items, fit)) for rm, _ in members], 1)
+            on_test = torch.stack([_expected(rm.predict_pairs(test.users, test.items, train_part)) for rm, _ in members], 1)
+            blend = RatingBlend.fit(on_valid, valid.ratings, valid.users, valid.items, fit)
+            pred = blend.predict(on_test, test.users, test.items, train_part)
+            # training time: the members' own plus the blend's predictions and fit
+            seconds = sum(s for _, s in members) + time.perf_counter() - start
+            extra = {"valid_rmse": rmse(blend.predict(on_valid, valid.users, valid.items, fit), valid.ratings)}
+        elif name in BASELINES:
             model = _baseline(name, seed)
             if name == "mf":
                 model.fit(fit, valid)
@@ -92,9 +117,7 @@ def run_rating_protocol(data: RatingMatrix, models: list[str], seed: int, overri
             pred = model.predict(test.users, test.items)
             extra = {}
         else:
-            config = rbm_config(name, seed, {**overrides, "ranking": "rating"})
-            rm = train_rating_model(fit, config, validation=valid, device=device)
-            seconds = time.perf_counter() - start
+            rm, seconds = train_rbm(name)
             pred = _expected(rm.predict_pairs(test.users, test.items, train_part))
             best = min(rm.history, key=lambda row: row.get("valid_rmse", math.inf))
             extra = {"epochs": len(rm.history), "best_epoch": int(best["epoch"]), "valid_rmse": best.get("valid_rmse", math.nan)}
@@ -114,7 +137,7 @@ def run_topn_protocol(data: RatingMatrix, models: list[str], seed: int, override
     known[train_part.users, train_part.items] = True
     results: dict[str, dict[str, float]] = {}
     for name in models:
-        if name in ("global-mean",):
+        if name == "global-mean" or name in BLENDS:  # blends combine expected ratings: no ranking of their own
             continue
         start = time.perf_counter()
         if name in BASELINES:
@@ -161,16 +184,21 @@ def format_table(report: dict) -> str:
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` for every RBM model, ``model.key=value`` for one (JSON values)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
+            raise SystemExit(f"--set expects key=value or model.key=value, got {pair!r}")
         key, value = pair.split("=", 1)
+        if "." in key and key.split(".", 1)[0] not in RBM_PRESETS:
+            raise SystemExit(f"--set {pair!r}: {key.split('.', 1)[0]!r} is not an RBM model ({', '.join(RBM_PRESETS)})")
         try:
             out[key] = json.loads(value)
         except ValueError:
             out[key] = value
-    RatingModelConfig.from_dict(out)  # validate early: names the bad key
+    for name in RBM_PRESETS:  # validate early: names the bad key or value
+        scoped = {k.split(".", 1)[1]: v for k, v in out.items() if k.startswith(name + ".")}
+        RatingModelConfig.from_dict({**{k: v for k, v in out.items() if "." not in k}, **scoped})
     return out
 
 
@@ -180,13 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", default="auto", choices=("auto", "udata", "dat", "csv"))
     parser.add_argument("--protocol", default="rating,topn", help="comma list of: rating, topn")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                        help=f"comma list from {', '.join(BASELINES + tuple(RBM_PRESETS))}")
+                        help=f"comma list from {', '.join(BASELINES + tuple(RBM_PRESETS) + tuple(BLENDS))}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device (default: CUDA if present, else CPU)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 by default: on a shared 2-core machine more threads ran up to 15x slower)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a RatingModelConfig field for every RBM model (JSON value)")
+                        help="override a RatingModelConfig field for every RBM model, or MODEL.KEY=VALUE for one (JSON value)")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -196,7 +224,7 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
         torch.set_num_threads(args.threads)
     overrides = _parse_overrides(args.set)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in BASELINES and m not in RBM_PRESETS]
+    unknown = [m for m in models if m not in BASELINES and m not in RBM_PRESETS and m not in BLENDS]
     if unknown:
         raise SystemExit(f"unknown model(s): {', '.join(unknown)}")
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]

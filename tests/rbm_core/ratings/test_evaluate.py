@@ -33,3 +33,38 @@ def test_evaluate_rejects_unknown_model_and_config_key(tmp_path):
         main(["--data", str(path), "--models", "svd++"])
     with pytest.raises(ValueError, match="hiddne"):
         main(["--data", str(path), "--set", "hiddne=3"])
+
+
+def test_blend_of_the_item_and_user_rbms_in_the_rating_protocol(tmp_path, capsys):
+    # planted taste groups: the blend is fitted on validation and reported with its members; per-model overrides
+    # reach only their model (crbm-user.num_hidden), and the blend has no top-N row
+    rows = ["user,item,rating"]
+    for user in range(60):
+        for item in range(0, 40):
+            if (user * 13 + item * 7) % 3 == 0:
+                rows.append(f"u{user},i{item},{5 if (user % 2) == (item % 2) else 1 + (user + item) % 2}")
+    path = tmp_path / "r.csv"
+    path.write_text("\n".join(rows) + "\n")
+    assert main(["--data", str(path), "--models", "biases,crbm-item,crbm-user,rbm-blend", "--quiet",
+                 "--set", "epochs=3", "--set", "engagement_epochs=1", "--set", "num_hidden=6",
+                 "--set", "crbm-user.num_hidden=4", "--set", "finetune_epochs=0"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rating = report["rating"]["models"]
+    assert set(rating) == {"biases", "crbm-item", "crbm-user", "rbm-blend"}
+    assert "rbm-blend" not in report["topn"]["models"]
+    blend = rating["rbm-blend"]
+    assert blend["train_seconds"] >= rating["crbm-item"]["train_seconds"] + rating["crbm-user"]["train_seconds"]
+    assert blend["valid_rmse"] <= min(rating["crbm-item"]["valid_rmse"], rating["crbm-user"]["valid_rmse"]) + 1e-9
+
+
+def test_scoped_overrides_name_their_model(tmp_path):
+    from rbm_core.ratings.evaluate import _parse_overrides, rbm_config
+
+    overrides = _parse_overrides(["num_hidden=7", "crbm-user.num_hidden=9", "crbm-user.learning_rate=0.03"])
+    assert rbm_config("crbm-user", 0, overrides).num_hidden == 9
+    assert rbm_config("crbm-user", 0, overrides).learning_rate == 0.03
+    assert rbm_config("crbm-item", 0, overrides).num_hidden == 7
+    with pytest.raises(SystemExit, match="svd"):
+        _parse_overrides(["svd.num_hidden=3"])
+    with pytest.raises(ValueError, match="hiddne"):
+        _parse_overrides(["crbm-item.hiddne=3"])

@@ -187,7 +187,7 @@ def test_fused_softplus_rows_equal_the_plain_autograd_graph():
     plain = F.softplus(base.unsqueeze(1) + weight[unit]).sum(-1)
     plain_grads = torch.autograd.grad(plain, (base, weight), out_grad)
     assert torch.allclose(fused, plain, atol=1e-12)
-    for a, b in zip(fused_grads, plain_grads):
+    for a, b in zip(fused_grads, plain_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-12)
     assert torch.autograd.gradcheck(lambda b, w: _SoftplusRows.apply(b, w, unit), (base, weight))
 
