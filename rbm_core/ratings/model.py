@@ -571,6 +571,8 @@ class RatingModel:
             engage[item_idx] = -math.inf
         user_index = self._user_index(user_index)
         want = offset + n
+        if n == 0:
+            return []
         values = torch.arange(1, self.num_values + 1, dtype=self.dtype)
         size = max(4 * want, self._PRUNE_FIRST)
         while True:
@@ -837,8 +839,8 @@ def _softplus_gain(base: Tensor, weight: Tensor, exp_weight: tuple[Tensor, float
     a softplus per element), equal up to float rounding."""
     if exp_weight is None or not base.numel() or not exp_weight[1] < 80.0:
         return (F.softplus(base + weight) - F.softplus(base)).sum(-1)
-    on = torch.sigmoid(base)
-    products = torch.addcmul(1.0 - on, on, exp_weight[0])
+    # 1 - σ(b) as σ(-b): the difference 1 - σ(b) is rounding noise in float32 from b ≈ 10 and 0 from b ≈ 17
+    products = torch.addcmul(torch.sigmoid(-base), torch.sigmoid(base), exp_weight[0])
     rest, bound = None, exp_weight[1]
     for _ in range(3):  # pairs, fours, eights
         if products.shape[-1] < 2 or 2 * bound >= 80.0:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from rbm_core.units import SoftmaxUnits
@@ -300,6 +301,7 @@ class _SoftplusRows(torch.autograd.Function):
         return F.softplus(z).sum(-1)
 
     @staticmethod
+    @once_differentiable  # its backward is not itself differentiable
     def backward(ctx, grad: Tensor):
         z, unit = ctx.saved_tensors
         t = torch.sigmoid(z).mul_(grad.unsqueeze(-1))

@@ -135,16 +135,25 @@ def test_large_fields_stay_accurate():
                           atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("scale", [0.5, 3.0, 30.0])
+@pytest.mark.parametrize("scale", [0.5, 3.0, 15.0, 35.0])
 def test_softplus_gain_equals_the_plain_formula(scale):
-    # the product form (pairs, fours, eights of factors, by the size of the weights) against float64
+    # the product form against float64: max |W| of about 2, 9, 45 and 100 take eights, eights, pairs and no grouping
     g = torch.Generator().manual_seed(int(scale))
     base = torch.randn(13, generator=g) * 5
     weight = torch.randn(7, 5, 13, generator=g) * scale
     exact = (F.softplus(base.double() + weight.double()) - F.softplus(base.double())).sum(-1)
     got = _softplus_gain(base, weight, (weight.exp(), float(weight.abs().max())))
     assert torch.allclose(got.double(), exact, atol=1e-5 * max(1.0, scale), rtol=1e-6)
-    assert torch.allclose(_softplus_gain(base, weight), got, atol=1e-4 * max(1.0, scale), rtol=1e-5)
+
+
+@pytest.mark.parametrize("field", [12.0, 17.0, 30.0, -30.0])
+def test_softplus_gain_of_saturated_fields(field):
+    # a field far from 0 with a weight that takes it back past 0 (the regime where 1 - σ(b) vanishes in float32)
+    base = torch.full((8,), field)
+    weight = (-base - 3.0 + torch.linspace(-1, 1, 8)).reshape(1, 8)
+    exact = (F.softplus(base.double() + weight.double()) - F.softplus(base.double())).sum(-1)
+    got = _softplus_gain(base, weight, (weight.exp(), float(weight.abs().max())))
+    assert torch.allclose(got.double(), exact, atol=1e-4, rtol=1e-6), (got, exact)
 
 
 @pytest.mark.parametrize("orientation", ["user", "item"])
