@@ -92,6 +92,7 @@ class RatingModelConfig:
     k_schedule: tuple[tuple[int, int], ...] = ((0, 1), (20, 3), (30, 5), (40, 9))
     conditional: bool = False
     shared_weights: bool = True
+    ordinal_weights: bool = False
     prediction: str = "exact"
     layout: str = "dense"
     objective: str = "cd"
@@ -871,7 +872,8 @@ def _build_net(config: RatingModelConfig, train: RatingMatrix, dtype=torch.float
 
         return build_deep_net(config, num_units, train.num_values, dtype=dtype, device=device, generator=generator)
     return SoftmaxRBMNet(num_units, train.num_values, config.num_hidden, config.conditional, config.init_std,
-                         dtype=dtype, device=device, generator=generator, shared=config.shared_weights)
+                         dtype=dtype, device=device, generator=generator, shared=config.shared_weights,
+                         ordinal=config.ordinal_weights)
 
 
 def _build_engagement(config: RatingModelConfig, num_items: int, device=None, generator=None):

@@ -97,8 +97,10 @@ class SoftmaxRBMNet(nn.Module):
     and, when ``conditional``, ``conditional_weight`` ``(N, H)`` (D in the paper)."""
 
     def __init__(self, num_units: int, num_values: int, num_hidden: int, conditional: bool = False,
-                 init_std: float = 0.01, dtype=torch.float32, device=None, generator=None, shared: bool = False) -> None:
+                 init_std: float = 0.01, dtype=torch.float32, device=None, generator=None, shared: bool = False,
+                 ordinal: bool = False) -> None:
         super().__init__()
+        self.ordinal = ordinal
         self.units = SoftmaxUnits(num_units, num_values)
         self.num_units, self.num_values, self.num_hidden = num_units, num_values, num_hidden
         weight = torch.randn((num_units, num_values, num_hidden), generator=generator, dtype=dtype) * init_std
@@ -120,8 +122,12 @@ class SoftmaxRBMNet(nn.Module):
     @property
     def effective_weight(self) -> Tensor:
         """W_ik + S_k, ``(N, K, H)``: with ``shared`` a rating-value weight S common to every unit
-        lets one hidden unit express "rates everything high" without learning it item by item."""
-        return self.weight + self.shared_weight if self.shared else self.weight
+        lets one hidden unit express "rates everything high" without learning it item by item.
+        With ``ordinal`` the parameter holds increments: W_ik = Σ_{j≤k} V_ij (CF-NADE's sharing
+        between rating values), so weight decay on V pulls adjacent ratings' weights together
+        rather than every weight to zero; the energy is the same RBM's."""
+        weight = self.weight.cumsum(1) if self.ordinal else self.weight
+        return weight + self.shared_weight if self.shared else weight
 
     @property
     def flat_weight(self) -> Tensor:
@@ -258,7 +264,9 @@ class SoftmaxRBMNet(nn.Module):
         grad_b = torch.zeros(self.num_units * self.num_values, dtype=grad_w.dtype, device=grad_w.device)
         grad_b.index_add_(0, neg_flat, torch.full_like(neg_flat, 1, dtype=grad_w.dtype), alpha=scale)
         grad_b.index_add_(0, pos_flat, torch.full_like(pos_flat, 1, dtype=grad_w.dtype), alpha=-scale)
-        _set_grad(self.weight, grad_w.view_as(self.weight))
+        grad_v = grad_w.view_as(self.weight)
+        # with ordinal increments, dW_ik/dV_ij = [j <= k]: V's gradient is W's summed over k >= j
+        _set_grad(self.weight, grad_v.flip(1).cumsum(1).flip(1) if self.ordinal else grad_v)
         if self.shared:
             # S sits in every observed unit's weights, so its gradient sums over the ~nnz/B ratings
             # of a case; dividing by that count gives S a per-parameter learning rate on the scale

@@ -10,9 +10,10 @@ from rbm_core.ratings.nets import CaseBatch, CaseStore, SoftmaxRBMNet
 K = 5
 
 
-def make_net(num_units=3, num_hidden=3, conditional=False, seed=0, shared=True):
+def make_net(num_units=3, num_hidden=3, conditional=False, seed=0, shared=True, ordinal=False):
     g = torch.Generator().manual_seed(seed)
-    net = SoftmaxRBMNet(num_units, K, num_hidden, conditional, dtype=torch.float64, generator=g, shared=shared)
+    net = SoftmaxRBMNet(num_units, K, num_hidden, conditional, dtype=torch.float64, generator=g, shared=shared,
+                        ordinal=ordinal)
     with torch.no_grad():
         net.weight.copy_(torch.randn(net.weight.shape, generator=g, dtype=torch.float64))
         net.visible_bias.copy_(torch.randn(net.visible_bias.shape, generator=g, dtype=torch.float64))
@@ -38,7 +39,10 @@ def case(observed: dict[int, int], rated: set[int] | None = None) -> CaseBatch:
 def exact_energy(net, observed: dict[int, int], h: torch.Tensor, rated: set[int] | None) -> torch.Tensor:
     """E(v, h; r) summed term by term over the observed units only."""
     e = -(net.hidden_bias * h).sum()
-    w = net.weight + (net.shared_weight if net.shared else 0.0)  # W_ik + S_k, written out
+    w = net.weight
+    if net.ordinal:  # the parameter holds increments: W_ik = V_i1 + ... + V_ik
+        w = torch.stack([net.weight[:, : k + 1].sum(1) for k in range(K)], 1)
+    w = w + (net.shared_weight if net.shared else 0.0)  # W_ik + S_k, written out
     for unit, rating in observed.items():
         e = e - net.visible_bias[unit, rating - 1] - (w[unit, rating - 1] * h).sum()
     if rated is not None:
@@ -53,21 +57,22 @@ def exact_free_energy(net, observed, rated=None):
     return -torch.logsumexp(-energies, 0)
 
 
-@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("shared,ordinal", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("conditional", [False, True])
 @pytest.mark.parametrize("observed", [{0: 3}, {0: 1, 2: 5}, {0: 2, 1: 4, 2: 3}, {}])
-def test_free_energy_with_mask_matches_enumeration(conditional, observed, shared):
-    net = make_net(conditional=conditional, shared=shared)
+def test_free_energy_with_mask_matches_enumeration(conditional, observed, shared, ordinal):
+    net = make_net(conditional=conditional, shared=shared, ordinal=ordinal)
     rated = (set(observed) | {1}) if conditional else None
     got = net.free_energy(case(observed, rated))[0]
     assert torch.allclose(got, exact_free_energy(net, observed, rated), atol=1e-10)
 
 
+@pytest.mark.parametrize("ordinal", [False, True])
 @pytest.mark.parametrize("conditional", [False, True])
-def test_exact_predictive_matches_ratio_of_joint_over_enumeration(conditional):
+def test_exact_predictive_matches_ratio_of_joint_over_enumeration(conditional, ordinal):
     """p(v_q = k | observed others) = Σ_h exp(-E(v_obs ∪ {q=k}, h)) normalised over k, with the
     missing third unit summed out of nothing (it takes no part); for the conditional RBM r_q = 1."""
-    net = make_net(conditional=conditional)
+    net = make_net(conditional=conditional, ordinal=ordinal)
     observed = {0: 4}
     rated = {0} if conditional else None
     batch = case(observed, rated)
@@ -96,9 +101,9 @@ def test_mean_field_prediction_is_one_step_reconstruction():
     assert torch.allclose(got, net.visible_bias[1] + w[1] @ torch.sigmoid(x), atol=1e-12)
 
 
-@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("shared,ordinal", [(False, False), (True, False), (True, True), (False, True)])
 @pytest.mark.parametrize("conditional", [False, True])
-def test_cd_gradient_equals_autograd_and_layouts_agree(conditional, shared):
+def test_cd_gradient_equals_autograd_and_layouts_agree(conditional, shared, ordinal):
     """Both layouts draw the same chain and write the autograd gradient of
     mean F(data) - mean F(negative samples) (hidden means at both ends)."""
     torch.manual_seed(0)
@@ -111,7 +116,7 @@ def test_cd_gradient_equals_autograd_and_layouts_agree(conditional, shared):
     batch = store.batch(torch.arange(cases))
     grads = {}
     for layout in ("sparse", "dense"):
-        net = make_net(num_units, 4, conditional, seed=3, shared=shared)
+        net = make_net(num_units, 4, conditional, seed=3, shared=shared, ordinal=ordinal)
         stats = net.cd_gradients(batch, 3, torch.Generator().manual_seed(7), layout)
         grads[layout] = ({n: p.grad.clone() for n, p in net.named_parameters()}, stats["negative_rating"])
         negative = CaseBatch(batch.size, batch.case, batch.unit, stats["negative_rating"], batch.offsets,
