@@ -45,15 +45,15 @@ def test_blend_of_the_item_and_user_rbms_in_the_rating_protocol(tmp_path, capsys
                 rows.append(f"u{user},i{item},{5 if (user % 2) == (item % 2) else 1 + (user + item) % 2}")
     path = tmp_path / "r.csv"
     path.write_text("\n".join(rows) + "\n")
-    assert main(["--data", str(path), "--models", "biases,rbm-blend,crbm-item,crbm-user", "--quiet",
+    assert main(["--data", str(path), "--models", "biases,rbm-blend,crbm-item-pl,crbm-user", "--quiet",
                  "--set", "epochs=3", "--set", "engagement_epochs=1", "--set", "num_hidden=6",
                  "--set", "crbm-user.num_hidden=4", "--set", "finetune_epochs=0"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rating = report["rating"]["models"]
-    assert set(rating) == {"biases", "crbm-item", "crbm-user", "rbm-blend"}
+    assert set(rating) == {"biases", "crbm-item-pl", "crbm-user", "rbm-blend"}
     assert "rbm-blend" not in report["topn"]["models"]
     # listed first, the blend trains its members, whose rows reuse them: their seconds are counted once each
-    blend, members = rating["rbm-blend"], rating["crbm-item"]["train_seconds"] + rating["crbm-user"]["train_seconds"]
+    blend, members = rating["rbm-blend"], rating["crbm-item-pl"]["train_seconds"] + rating["crbm-user"]["train_seconds"]
     assert members <= blend["train_seconds"] < members + 0.5 * max(members, 1.0)
     assert blend["rmse"] < rating["biases"]["rmse"]
 

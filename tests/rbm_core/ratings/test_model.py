@@ -52,7 +52,9 @@ def models(data):
     for name, extra in {"user": {"orientation": "user"}, "item": {"orientation": "item"},
                         "crbm-item": {"orientation": "item", "conditional": True},
                         "pl-user": {"orientation": "user", "objective": "pl", "learning_rate": 0.1},
-                        "item-finetuned": {"orientation": "item", "finetune_epochs": 4}}.items():
+                        "item-finetuned": {"orientation": "item", "finetune_epochs": 4},
+                        "ordinal-crbm-item-pl": {"orientation": "item", "conditional": True, "objective": "pl",
+                                                 "learning_rate": 0.1, "ordinal_weights": True}}.items():
         out[name] = train_rating_model(fit, RatingModelConfig(**{**FAST, **extra}), validation=valid, device="cpu")
     return out
 
@@ -61,7 +63,7 @@ def _expected(probs):
     return probs.double() @ torch.arange(1, probs.shape[1] + 1, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("name", ["user", "item", "crbm-item", "pl-user", "item-finetuned"])
+@pytest.mark.parametrize("name", ["user", "item", "crbm-item", "pl-user", "item-finetuned", "ordinal-crbm-item-pl"])
 def test_planted_taste_groups_are_recovered(data, models, name):
     """The groups make ratings unpredictable from biases alone (RMSE about 1.5) and almost fully
     predictable from taste (the residual coin flip gives 0.5)."""
