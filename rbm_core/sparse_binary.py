@@ -12,6 +12,12 @@ pattern kept as a boolean array so that the next product and the gradient reuse 
 from a NumPy ``SFC64`` generator seeded from the caller's ``torch.Generator`` (about twice as fast as
 ``torch.rand`` on the CPU, with the same 24-bit (float32) or 53-bit (float64) resolution); with
 ``fast_rng = False`` it draws ``torch.rand`` in BlockGibbs' order instead and reproduces its chains.
+
+Where the C kernel ``rbm_core/_kernels/cd_binary.c`` builds (``use_kernel``), ``binary_chain`` runs the
+whole chain in it and ``chain_gradient`` writes CD's gradient straight into the ``.grad`` buffers: the same
+sums over the ones, without the NumPy index building. Its uniforms come from a counter-based SplitMix64
+keyed once per run from the torch generator (same resolutions); ``fast_rng = False`` passes it
+``torch.rand`` uniforms in BlockGibbs' order instead. Without a compiler everything above still works.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+from rbm_core import _kernels
 
 # Densities above which the dense BLAS product is faster (measured on a 2-core AVX-512 CPU, 784 x 500,
 # batch 100: gathering rows breaks even near 25 % ones for x @ W with one or two threads, and near 20 %
@@ -41,6 +49,7 @@ MIN_WORK = 1 << 20
 _FLOAT_TYPES = (torch.float32, torch.float64)
 enabled = True  # module switch: False forces the dense path everywhere (for tests and comparisons)
 fast_rng = True  # binary_chain's uniforms: NumPy SFC64 seeded from the torch generator (False: torch.rand)
+use_kernel = True  # binary_chain and chain_gradient in the compiled C kernel where it builds (False: NumPy/torch)
 
 
 def _usable(*tensors: Tensor) -> bool:
@@ -202,17 +211,24 @@ def _seeded_sfc64(generator: torch.Generator | None) -> np.random.SFC64:
 class _Uniforms:
     """Fresh uniforms u ~ U[0, 1) for the comparisons u < p of one chain run, at ``torch.rand``'s
     resolution for the dtype: u = k / 2**bits with k uniform on 0 .. 2**bits - 1 (24 bits for
-    float32, 53 for float64), each k converted exactly and scaled by a power of two."""
+    float32, 53 for float64), each k converted exactly and scaled by a power of two. ``supplied``
+    (a flat array) gives them instead, taken in order."""
 
-    def __init__(self, generator: torch.Generator | None, dtype: torch.dtype) -> None:
+    def __init__(self, generator: torch.Generator | None, dtype: torch.dtype, supplied: Tensor | None = None) -> None:
         self.generator = generator
         self.dtype = dtype
         self.source = None
-        if fast_rng:
+        self.supplied = None if supplied is None else supplied.numpy()
+        self.used = 0
+        if fast_rng and supplied is None:
             self.source = _seeded_sfc64(generator)
 
     def less(self, p: Tensor) -> np.ndarray:
         """The boolean array u < p, elementwise, for fresh uniforms u of ``p``'s shape."""
+        if self.supplied is not None:
+            u = self.supplied[self.used : self.used + p.numel()]
+            self.used += p.numel()
+            return np.less(u, p.numpy().reshape(-1)).reshape(p.shape)
         if self.source is None:
             return torch.lt(torch.rand(p.shape, generator=self.generator, dtype=p.dtype), p).numpy()
         n = p.numel()
@@ -231,16 +247,18 @@ class _Uniforms:
 class BinaryChain:
     """End of a CD-k chain: ``visible`` / ``hidden`` the sampled states, ``visible_mean`` /
     ``hidden_mean`` their conditional means (p(v|h) of the last visible update, p(h|v) of the last
-    hidden one), ``positive_hidden`` p(h|v) of the data, and ``positive_ones`` / ``visible_ones`` the
-    boolean arrays of the ones of the data and of ``visible`` (for ``chain_outer``)."""
+    hidden one), ``positive`` the 0/1 data it started from and ``positive_hidden`` their p(h|v), and
+    ``positive_ones`` / ``visible_ones`` the boolean arrays of the ones of the data and of ``visible``
+    (for ``chain_outer``; None from the C kernel, which needs no such arrays)."""
 
     visible: Tensor
     hidden: Tensor
     visible_mean: Tensor
     hidden_mean: Tensor
     positive_hidden: Tensor
-    positive_ones: np.ndarray
-    visible_ones: np.ndarray
+    positive: Tensor
+    positive_ones: np.ndarray | None = None
+    visible_ones: np.ndarray | None = None
 
 
 def _as_float(ones: np.ndarray, dtype: torch.dtype) -> Tensor:
@@ -267,12 +285,15 @@ def binary_chain(
     num_steps: int,
     generator: torch.Generator | None = None,
     min_work: int = MIN_WORK,
+    uniforms: Tensor | None = None,
 ) -> BinaryChain | None:
     """CD-k's chain for an RBM with Bernoulli visible and hidden units: h0 ~ p(h|v0) from the 0/1
     data ``positive`` ``(batch, V)``, then ``num_steps`` times v ~ p(v|h), h ~ p(h|v), with
     ``weight`` ``(V, H)``. The same transitions as ``BlockGibbs`` (same order of draws, same
     comparisons), so the same distribution of chains. ``None`` where it does not apply: not the
-    CPU, other dtypes or shapes, data not exactly 0/1, products smaller than ``min_work``."""
+    CPU, other dtypes or shapes, data not exactly 0/1, products smaller than ``min_work``.
+    ``uniforms`` (``chain_draws(...)`` values, for tests) replaces the random draws, in BlockGibbs'
+    order: h0's ``(batch, H)``, then each step's v ``(batch, V)`` and h ``(batch, H)``, flattened."""
     if not (weight.device.type == "cpu" and positive.device.type == "cpu" and weight.dtype in _FLOAT_TYPES):
         return None
     if positive.dim() != 2 or positive.dtype != weight.dtype or positive.shape[1] != weight.shape[0]:
@@ -281,12 +302,22 @@ def binary_chain(
         return None
     positive = positive.detach().contiguous()
     weight = weight.detach()
+    if uniforms is not None:
+        expected = chain_draws(positive.shape[0], *weight.shape, num_steps)
+        if uniforms.shape != (expected,) or uniforms.dtype != weight.dtype or uniforms.device.type != "cpu":
+            raise ValueError(f"uniforms: expected {expected} values of {weight.dtype} on the CPU")
+        uniforms = uniforms.contiguous()
+    kernel = _kernel()
+    if kernel is not None and _kernel_tensors(weight, visible_bias, hidden_bias):
+        if kernel.count_binary(positive) is None:
+            return None
+        return _kernel_chain(kernel, weight, visible_bias, hidden_bias, positive, num_steps, generator, uniforms)
     values = positive.numpy()
     positive_ones = values == 1
     count = _count_binary(values, positive_ones)
     if count is None:
         return None
-    uniforms = _Uniforms(generator, weight.dtype)
+    uniforms = _Uniforms(generator, weight.dtype, uniforms)
     positive_hidden = hidden_mean = _hidden_mean(positive_ones, count, positive, weight, hidden_bias)
     hidden = _as_float(uniforms.less(hidden_mean), weight.dtype)
     weight_t = weight.t()
@@ -297,15 +328,102 @@ def binary_chain(
         visible = _as_float(visible_ones, weight.dtype)
         hidden_mean = _hidden_mean(visible_ones, np.count_nonzero(visible_ones), visible, weight, hidden_bias)
         hidden = _as_float(uniforms.less(hidden_mean), weight.dtype)
-    return BinaryChain(visible, hidden, visible_mean, hidden_mean, positive_hidden, positive_ones, visible_ones)
+    return BinaryChain(
+        visible, hidden, visible_mean, hidden_mean, positive_hidden, positive, positive_ones, visible_ones
+    )
+
+
+def chain_draws(batch: int, num_visible: int, num_hidden: int, num_steps: int) -> int:
+    """The number of uniforms that one run of CD-k's chain compares against."""
+    return batch * num_hidden + num_steps * batch * (num_visible + num_hidden)
+
+
+def _kernel() -> _kernels.CDBinary | None:
+    return _kernels.cd_binary() if use_kernel else None
+
+
+def _kernel_tensors(*tensors: Tensor) -> bool:
+    """Whether the C kernel can take these tensors' memory as it is (CPU, contiguous, one dtype)."""
+    dtype = tensors[0].dtype
+    return all(t.device.type == "cpu" and t.is_contiguous() and t.dtype == dtype for t in tensors)
+
+
+def _kernel_key(generator: torch.Generator | None) -> int:
+    """A 63-bit key for the kernel's counter-based uniforms, drawn from ``generator``."""
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator))
+
+
+def kernel_uniforms(
+    generator: torch.Generator | None, batch: int, num_visible: int, num_hidden: int, num_steps: int,
+    dtype: torch.dtype,
+) -> Tensor | None:
+    """The uniforms that ``binary_chain`` run by the C kernel with ``generator`` in the same state
+    would draw (for tests: a reference chain can compare against the very same numbers); None
+    without the kernel."""
+    kernel = _kernel()
+    if kernel is None:
+        return None
+    count = chain_draws(batch, num_visible, num_hidden, num_steps)
+    return kernel.uniforms(_kernel_key(generator), 0, count, dtype)
+
+
+def _kernel_chain(
+    kernel: _kernels.CDBinary,
+    weight: Tensor,
+    visible_bias: Tensor,
+    hidden_bias: Tensor,
+    positive: Tensor,
+    num_steps: int,
+    generator: torch.Generator | None,
+    uniforms: Tensor | None,
+) -> BinaryChain:
+    """``binary_chain`` by the C kernel, for checked arguments."""
+    batch, num_visible = positive.shape
+    num_hidden = weight.shape[1]
+    if uniforms is None and not fast_rng:  # torch.rand in BlockGibbs' order, as the NumPy path draws them
+        shapes = [(batch, num_hidden)] + [(batch, num_visible), (batch, num_hidden)] * num_steps
+        draws = [torch.rand(shape, generator=generator, dtype=weight.dtype).reshape(-1) for shape in shapes]
+        uniforms = torch.cat(draws)
+    key = _kernel_key(generator) if uniforms is None else 0
+    options = {"dtype": weight.dtype}
+    visible, visible_mean = torch.empty(batch, num_visible, **options), torch.empty(batch, num_visible, **options)
+    hidden, hidden_mean = torch.empty(batch, num_hidden, **options), torch.empty(batch, num_hidden, **options)
+    positive_hidden = torch.empty(batch, num_hidden, **options)
+    out = (visible, hidden, visible_mean, hidden_mean, positive_hidden)
+    kernel.chain(
+        weight, visible_bias.detach(), hidden_bias.detach(), positive, num_steps, key, uniforms, out,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return BinaryChain(visible, hidden, visible_mean, hidden_mean, positive_hidden, positive)
+
+
+def chain_gradient(chain: BinaryChain, grad_weight: Tensor, grad_visible_bias: Tensor, grad_hidden_bias: Tensor) -> bool:
+    """Write CD's gradient for a chain (the gradient of mean F(data) - mean F(chain ends), as
+    ``RBM.contrastive_grads``) into the three buffers by the C kernel: True when done, False
+    (nothing written) where the kernel does not apply."""
+    kernel = _kernel()
+    if not enabled or kernel is None:
+        return False
+    tensors = (chain.positive, chain.positive_hidden, chain.visible, chain.hidden_mean)
+    grads = (grad_weight, grad_visible_bias, grad_hidden_bias)
+    if not _kernel_tensors(*tensors, *grads) or chain.positive.shape != chain.visible.shape:
+        return False
+    (batch, num_visible), num_hidden = chain.positive.shape, chain.positive_hidden.shape[1]
+    if grad_weight.shape != (num_visible, num_hidden) or grad_visible_bias.shape != (num_visible,):
+        return False
+    if grad_hidden_bias.shape != (num_hidden,) or chain.hidden_mean.shape != (batch, num_hidden):
+        return False
+    kernel.gradient(*tensors, grads, torch.get_num_threads())
+    return True
 
 
 def chain_outer(chain: BinaryChain) -> Tensor | None:
     """``binary_outer`` of a chain's data and final visible states with their hidden means, from the
     boolean arrays the chain kept; ``None`` where the dense products should be used instead."""
-    positive, negative = chain.positive_ones, chain.visible_ones
     if not enabled:
         return None
+    positive = chain.positive_ones if chain.positive_ones is not None else chain.positive.numpy() == 1
+    negative = chain.visible_ones if chain.visible_ones is not None else chain.visible.numpy() == 1
     # paired rows: one per unit and sample where the data or the chain is on
     limit = MAX_ROWS_PAIRED if torch.get_num_threads() == 1 else MAX_ROWS_PAIRED_THREADED
     if np.count_nonzero(positive | negative) > limit * positive.size:

@@ -226,8 +226,12 @@ class RBM(nn.Module):
 
     @torch.no_grad()
     def _binary_chain_grads(self, positive: Tensor, chain: BinaryChain) -> bool:
-        """``contrastive_grads`` of a ``binary_cd_chain`` run from the 0/1 patterns it kept; False
-        (nothing written) where the dense products should be used instead."""
+        """``contrastive_grads`` of a ``binary_cd_chain`` run: by the C kernel, written in place, or from
+        the 0/1 patterns the chain kept; False (nothing written) where the dense products should be
+        used instead."""
+        grads = (_grad_buffer(self.weight), _grad_buffer(self.visible_bias), _grad_buffer(self.hidden_bias))
+        if sparse_binary.chain_gradient(chain, *grads):
+            return True
         outer = chain_outer(chain)
         if outer is None:
             return False

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import chi_squared_pvalue, counts_over_states, tiny_rbm
 
-from rbm_core import RBM, ContrastiveDivergence, RBMConfig, Trainer, sparse_binary
+from rbm_core import RBM, ContrastiveDivergence, RBMConfig, Trainer, _kernels, sparse_binary
 from rbm_core.models import rbm as rbm_module
 from rbm_core.partition import visible_distribution
 from rbm_core.sparse_binary import binary_matmul, binary_outer
@@ -136,11 +136,16 @@ def test_contrastive_grads_equal_the_dense_path_and_autograd(dtype, tol, monkeyp
         torch.testing.assert_close(ours, autograd, atol=tol, rtol=0)
 
 
-def test_a_cd1_epoch_ends_with_the_same_parameters(monkeypatch):
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_a_cd1_epoch_ends_with_the_same_parameters(use_kernel, monkeypatch):
     """The fused CD-1 chain (sparse_binary.binary_chain) with its products over the ones and the gradient
-    from its 0/1 patterns, against BlockGibbs and the dense products: with ``fast_rng`` off both draw the
-    same torch uniforms in the same order, so the parameters must agree after 20 updates of CD-1 with
-    momentum through the Trainer. Float64, so that no sample u < p flips on a rounding difference."""
+    from its 0/1 patterns, by the C kernel or by NumPy, against BlockGibbs and the dense products: with
+    ``fast_rng`` off both draw the same torch uniforms in the same order, so the parameters must agree
+    after 20 updates of CD-1 with momentum through the Trainer. Float64, so that no sample u < p flips on
+    a rounding difference."""
+    if use_kernel and _kernels.cd_binary() is None:
+        pytest.skip("the C kernel does not build here (no compiler)")
+    monkeypatch.setattr(sparse_binary, "use_kernel", use_kernel)
     data = binary(1280, NUM_VISIBLE, 0.13, seed=13)
     calls = []
 
@@ -156,6 +161,7 @@ def test_a_cd1_epoch_ends_with_the_same_parameters(monkeypatch):
     monkeypatch.setattr(sparse_binary, "binary_chain", counted(sparse_binary.binary_chain, "chain"))
     monkeypatch.setattr(sparse_binary, "_gather_rows", counted(sparse_binary._gather_rows, "field"))
     monkeypatch.setattr(rbm_module, "chain_outer", counted(sparse_binary.chain_outer, "grad"))
+    monkeypatch.setattr(sparse_binary, "chain_gradient", counted(sparse_binary.chain_gradient, "kernel grad"))
     results = []
     for enabled in (True, False):
         monkeypatch.setattr(sparse_binary, "enabled", enabled)
@@ -175,8 +181,12 @@ def test_a_cd1_epoch_ends_with_the_same_parameters(monkeypatch):
             generator=torch.Generator().manual_seed(15),
         ).fit(data)
         results.append([p.detach().clone() for p in rbm.parameters()])
-        if enabled:  # every update ran the fused chain; most fields and gradients summed rows
-            updates = len(data) // BATCH
+        updates = len(data) // BATCH
+        if enabled and use_kernel:  # every update ran the kernel's chain and gradient
+            assert [fast for kind, fast in calls if kind == "chain"] == [True] * updates
+            assert [fast for kind, fast in calls if kind == "kernel grad"] == [True] * updates
+            assert not [kind for kind, _ in calls if kind in ("field", "grad")]
+        elif enabled:  # every update ran the fused chain; most fields and gradients summed rows
             assert [fast for kind, fast in calls if kind == "chain"] == [True] * updates
             for name in ("field", "grad"):
                 taken = [fast for kind, fast in calls if kind == name]
@@ -196,7 +206,9 @@ def run_chain(rbm, positive, seed, num_steps=1, **kwargs):
 
 @pytest.mark.parametrize("num_steps", [1, 3])
 def test_the_fused_chain_gives_the_same_states_with_sparse_or_dense_products(num_steps, monkeypatch):
-    """With its own (fast) uniforms: the same seed gives the same chain whichever way the products go."""
+    """With its own (fast) uniforms: the same seed gives the same chain whichever way the products go
+    (the NumPy path: the C kernel has its own tests in test_cd_kernel.py)."""
+    monkeypatch.setattr(sparse_binary, "use_kernel", False)
     rbm = model(torch.float64, seed=16)
     with torch.no_grad():
         rbm.visible_bias.sub_(3.0)
@@ -218,12 +230,17 @@ def test_the_fused_chain_gives_the_same_states_with_sparse_or_dense_products(num
     torch.testing.assert_close(fast.hidden_mean, exact, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("use_kernel", [True, False])
 @pytest.mark.parametrize("fast_rng", [True, False])
-def test_the_fused_chain_samples_the_exact_marginal(fast_rng, monkeypatch):
+def test_the_fused_chain_samples_the_exact_marginal(fast_rng, use_kernel, monkeypatch):
     """Many fused chains of a tiny RBM (forced past the size limit) run long from random starts: their
     visible states pass a chi-squared test against the exact p(v) at false-alarm rate 1e-3, while the
-    same test on the chains of a wrong model (visible bias of the wrong sign) fails: the test has power."""
+    same test on the chains of a wrong model (visible bias of the wrong sign) fails: the test has power.
+    By the C kernel (its own uniforms, or torch's) and by NumPy."""
+    if use_kernel and _kernels.cd_binary() is None:
+        pytest.skip("the C kernel does not build here (no compiler)")
     monkeypatch.setattr(sparse_binary, "fast_rng", fast_rng)
+    monkeypatch.setattr(sparse_binary, "use_kernel", use_kernel)
     rbm = tiny_rbm(4, 3, seed=11)
     starts = rbm.visible.random_state(20_000, torch.Generator().manual_seed(20), torch.float64)
     chain = run_chain(rbm, starts, seed=21, num_steps=30, min_work=0)

@@ -1,0 +1,119 @@
+/* CD-k for a Bernoulli-Bernoulli RBM on 0/1 data, on the CPU: the block-Gibbs chain and the
+ * gradient, with every product over a 0/1 layer done as a sum of the weight rows its ones select.
+ * Built at first use by rbm_core/_kernels/__init__.py and called through ctypes; the typed body
+ * (cd_binary_impl.h) is instantiated once for float (suffix _f32) and once for double (_f64).
+ *
+ * Uniforms: the i-th draw of a call is SplitMix64's i-th output for the call's key (a counter-based
+ * generator, so a draw depends on its place in the chain only, never on the threads), scaled to
+ * k * 2^-24 (float) or k * 2^-53 (double) like torch.rand. The draws of a call are numbered in
+ * BlockGibbs' order: h0 (batch x H), then per step v (batch x V) and h (batch x H), row-major. */
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define SPLITMIX_GAMMA 0x9E3779B97F4A7C15ULL
+
+static inline uint64_t splitmix_output(uint64_t key, uint64_t index)
+{
+    uint64_t z = key + (index + 1) * SPLITMIX_GAMMA;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* exp(x) for |x| within the clamped range, vectorisable (no libm call): x = n ln2 + r with
+ * |r| <= ln2 / 2, exp(r) by a polynomial, 2^n built in the exponent bits. */
+static inline float exp_f32(float x)
+{
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    /* n = round(x / ln2) by the 1.5 * 2^23 trick (no libm call, so the loop vectorises) */
+    float n = (x * 1.44269504088896341f + 0x1.8p23f) - 0x1.8p23f;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    /* Cephes expf: about one ulp on [-ln2/2, ln2/2] */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static inline double exp_f64(double x)
+{
+    x = x < -708.0 ? -708.0 : x;
+    x = x > 709.0 ? 709.0 : x;
+    double n = (x * 1.4426950408889634074 + 0x1.8p52) - 0x1.8p52;
+    double r = x - n * 6.93147180369123816490e-01;
+    r = r - n * 1.90821492927058770002e-10;
+    /* Taylor series to r^13: the remainder is below 5e-18 for |r| <= ln2 / 2 */
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    int64_t bits = ((int64_t)n + 1023) << 52;
+    double scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* How a layer sums its input's weight rows: as they are, by Four-Russians tables, or by whichever
+ * costs fewer row sums for the batch at hand. */
+enum { TABLES_NEVER = 0, TABLES_ALWAYS = 1, TABLES_BY_COST = 2 };
+
+static int team_size(int num_threads) { return num_threads > 0 ? num_threads : 1; }
+
+/* This thread's work space of at least `bytes`, 64-byte aligned, kept between calls (the
+ * threads of the OpenMP team persist, so the panels cost no page faults after the first call). */
+static void *scratch(size_t bytes)
+{
+    static _Thread_local void *buffer;
+    static _Thread_local size_t size;
+    if (size < bytes) {
+        free(buffer);
+        size = (bytes + 63) / 64 * 64;
+        buffer = aligned_alloc(64, size);
+        if (buffer == NULL) size = 0;
+    }
+    return buffer;
+}
+
+#define REAL float
+#define SUFFIX _f32
+#define EXP exp_f32
+#define UNIFORM(bits) ((float)((bits) >> 40) * 0x1p-24f)
+#define TILE 64
+#include "cd_binary_impl.h"
+#undef REAL
+#undef SUFFIX
+#undef EXP
+#undef UNIFORM
+#undef TILE
+
+#define REAL double
+#define SUFFIX _f64
+#define EXP exp_f64
+#define UNIFORM(bits) ((double)((bits) >> 11) * 0x1p-53)
+#define TILE 32
+#include "cd_binary_impl.h"

@@ -1,0 +1,310 @@
+/* The typed body of cd_binary.c, included once per floating type with REAL, SUFFIX (the exported
+ * names' suffix), EXP (a vectorisable exp), UNIFORM (64 random bits to a uniform in [0, 1)) and
+ * TILE (columns summed at once: eight 32-byte vectors, so the partial sums stay in registers). */
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, SUFFIX)
+#define VECTOR FN(vector)
+#define LANES (32 / (int64_t)sizeof(REAL))
+
+typedef REAL VECTOR __attribute__((vector_size(32), aligned(sizeof(REAL)), may_alias));
+
+/* The number of ones of x, or -1 where an entry is neither exactly 0 nor exactly 1. */
+int64_t FN(rbm_count_binary)(const REAL *x, int64_t n)
+{
+    int64_t ones = 0, other = 0;
+    for (int64_t i = 0; i < n; i++) {
+        ones += x[i] == (REAL)1;
+        other += (x[i] != (REAL)0) & (x[i] != (REAL)1);
+    }
+    return other ? -1 : ones;
+}
+
+/* The uniforms number first .. first + count - 1 of the chain run with this key (for tests). */
+void FN(rbm_uniforms)(uint64_t key, uint64_t first, int64_t count, REAL *out)
+{
+    for (int64_t i = 0; i < count; i++)
+        out[i] = UNIFORM(splitmix_output(key, first + (uint64_t)i));
+}
+
+/* acc[0 .. TILE) += the sum of the listed rows of `rows` (each TILE wide, 64-byte aligned). */
+static inline void FN(accumulate)(VECTOR *restrict acc, const REAL *restrict rows, const int32_t *restrict list,
+                                  int64_t count)
+{
+    VECTOR a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    VECTOR a4 = acc[4], a5 = acc[5], a6 = acc[6], a7 = acc[7];
+    for (int64_t k = 0; k < count; k++) {
+        const VECTOR *row = (const VECTOR *)__builtin_assume_aligned(rows + (int64_t)list[k] * TILE, 64);
+        a0 += row[0]; a1 += row[1]; a2 += row[2]; a3 += row[3];
+        a4 += row[4]; a5 += row[5]; a6 += row[6]; a7 += row[7];
+    }
+    acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
+    acc[4] = a4; acc[5] = a5; acc[6] = a6; acc[7] = a7;
+}
+
+/* mean = sigmoid(field); state = (u < mean) for the uniforms numbered first .. first + width - 1
+ * (taken from `uniforms` when given, else generated from `key`). */
+static inline void FN(sample)(const REAL *restrict field, int64_t width, uint64_t key,
+                              const REAL *restrict uniforms, uint64_t first, REAL *restrict mean,
+                              REAL *restrict state)
+{
+    REAL p[TILE];
+    for (int64_t j = 0; j < TILE; j++)
+        p[j] = (REAL)1 / ((REAL)1 + EXP(-field[j]));
+    if (uniforms != NULL) {
+        for (int64_t j = 0; j < width; j++)
+            state[j] = (REAL)(uniforms[first + j] < p[j]);
+    } else {
+        REAL u[TILE];
+        for (int64_t j = 0; j < TILE; j++)
+            u[j] = UNIFORM(splitmix_output(key, first + (uint64_t)j));
+        for (int64_t j = 0; j < width; j++)
+            state[j] = (REAL)(u[j] < p[j]);
+    }
+    memcpy(mean, p, sizeof(REAL) * width);
+}
+
+/* The columns start .. start + width of source (rows, stride) as a panel (rows, TILE), zero-padded
+ * on the right: contiguous, so the rows summed afterwards share pages and cache sets. */
+static void FN(copy_panel)(REAL *restrict panel, const REAL *restrict source, int64_t rows, int64_t stride,
+                           int64_t start, int64_t width)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        REAL *out = panel + r * TILE;
+        memcpy(out, source + r * stride + start, sizeof(REAL) * width);
+        memset(out + width, 0, sizeof(REAL) * (TILE - width));
+    }
+}
+
+/* The same for the columns of sourceᵀ, i.e. panel[r][c] = source[(start + c) * stride + r] for the
+ * `rows` = columns of source: the visible layer's panels come straight from W. */
+static void FN(copy_panel_transposed)(REAL *restrict panel, const REAL *restrict source, int64_t rows,
+                                      int64_t stride, int64_t start, int64_t width)
+{
+    if (width < TILE) memset(panel, 0, sizeof(REAL) * TILE * rows);
+    const int64_t block = 16;
+    for (int64_t r0 = 0; r0 < rows; r0 += block) {
+        int64_t r1 = r0 + block < rows ? r0 + block : rows;
+        for (int64_t c = 0; c < width; c++) {
+            const REAL *in = source + (start + c) * stride;
+            for (int64_t r = r0; r < r1; r++) panel[r * TILE + c] = in[r];
+        }
+    }
+}
+
+/* Four Russians: table row g * 16 + m = the sum of the panel rows 4g + k for the bits k of m, so a
+ * 0/1 input adds one table row per group of four units that is not all zero, instead of one panel
+ * row per one. */
+static void FN(build_table)(REAL *restrict table, const REAL *restrict panel, int64_t rows)
+{
+    int64_t groups = (rows + 3) / 4;
+    for (int64_t g = 0; g < groups; g++) {
+        VECTOR *base = (VECTOR *)__builtin_assume_aligned(table + g * 16 * TILE, 64);
+        for (int v = 0; v < 8; v++) base[v] = (VECTOR){0};
+        for (int m = 1; m < 16; m++) {
+            int k = __builtin_ctz(m);
+            VECTOR *out = base + m * 8, *rest = base + (m & (m - 1)) * 8;
+            if (4 * g + k < rows) {
+                const VECTOR *row = (const VECTOR *)__builtin_assume_aligned(panel + (4 * g + k) * TILE, 64);
+                for (int v = 0; v < 8; v++) out[v] = rest[v] + row[v];
+            } else {
+                for (int v = 0; v < 8; v++) out[v] = rest[v];
+            }
+        }
+    }
+}
+
+/* The lists of a 0/1 batch x (batch, n): ones[s * n ..] the column indices of the ones of row s,
+ * codes[s * groups ..] the table rows g * 16 + m of its nonzero groups of four (m the group's bits). */
+static void FN(list_rows)(int64_t batch, int64_t n, const REAL *x, int32_t *ones, int32_t *num_ones,
+                          int32_t *codes, int32_t *num_codes)
+{
+    int64_t groups = (n + 3) / 4;
+#pragma omp for schedule(static)
+    for (int64_t s = 0; s < batch; s++) {
+        const REAL *row = x + s * n;
+        int32_t *list = ones + s * n, *code_list = codes + s * groups;
+        int32_t count = 0, code_count = 0;
+        for (int64_t g = 0; g < groups; g++) {
+            int32_t mask = 0;
+            for (int64_t k = 0; k < 4 && 4 * g + k < n; k++) {  /* branch-free appends: random bits */
+                int32_t on = row[4 * g + k] != (REAL)0;
+                list[count] = (int32_t)(4 * g + k);
+                count += on;
+                mask |= on << k;
+            }
+            code_list[code_count] = (int32_t)(16 * g + mask);
+            code_count += mask != 0;
+        }
+        num_ones[s] = count;
+        num_codes[s] = code_count;
+    }
+}
+
+/* The lists that a layer's input needs: see list_rows. */
+typedef struct {
+    int32_t *ones, *num_ones, *codes, *num_codes;
+} FN(lists);
+
+/* One layer of the chain for every row s of the batch: field = bias + the input row's ones times
+ * `weight` (n_in, n_out; transposed: weight is (n_out, n_in) and its transpose is meant), then the
+ * mean and a sample. The team splits the output columns in tiles; each tile's rows of weight are
+ * first copied into a contiguous panel (or, where the input is dense enough, a Four-Russians table
+ * of it), which stays in the thread's cache while it runs through the batch. */
+static void FN(layer)(int64_t batch, int64_t n_in, int64_t n_out, const REAL *weight, int transposed,
+                      const REAL *bias, FN(lists) lists, uint64_t key, const REAL *uniforms, uint64_t first,
+                      REAL *mean, REAL *state, REAL *work, int tables)
+{
+    int64_t groups = (n_in + 3) / 4, total_ones = 0, total_codes = 0;
+    for (int64_t s = 0; s < batch; s++) {
+        total_ones += lists.num_ones[s];
+        total_codes += lists.num_codes[s];
+    }
+    /* a table costs 15 row sums per group to build, then one per nonzero group and row */
+    int use_table = tables == TABLES_BY_COST ? total_codes + 15 * groups < total_ones : tables == TABLES_ALWAYS;
+    REAL *panel = work, *table = work == NULL ? NULL : work + TILE * 4 * groups;
+    int64_t num_tiles = (n_out + TILE - 1) / TILE;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t tile = 0; tile < num_tiles; tile++) {
+        if (work == NULL) continue;
+        int64_t start = tile * TILE;
+        int64_t width = n_out - start < TILE ? n_out - start : TILE;
+        if (transposed)
+            FN(copy_panel_transposed)(panel, weight, n_in, n_in, start, width);
+        else
+            FN(copy_panel)(panel, weight, n_in, n_out, start, width);
+        if (use_table) FN(build_table)(table, panel, n_in);
+        REAL tile_bias[TILE] __attribute__((aligned(64))) = {0};
+        memcpy(tile_bias, bias + start, sizeof(REAL) * width);
+        for (int64_t s = 0; s < batch; s++) {
+            VECTOR acc[8];
+            memcpy(acc, tile_bias, sizeof acc);
+            if (use_table)
+                FN(accumulate)(acc, table, lists.codes + s * groups, lists.num_codes[s]);
+            else
+                FN(accumulate)(acc, panel, lists.ones + s * n_in, lists.num_ones[s]);
+            int64_t at = s * n_out + start;
+            FN(sample)((const REAL *)acc, width, key, uniforms, first + (uint64_t)at, mean + at, state + at);
+        }
+    }
+}
+
+/* Elements of a thread's work space for a layer with n_in inputs: a panel and a table. */
+static int64_t FN(work_size)(int64_t n_in) { return TILE * 4 * ((n_in + 3) / 4) * 5; }
+
+/* CD-k's chain for `batch` rows of 0/1 data (batch, V) and weight (V, H): h0 ~ p(h|v0) (means in
+ * positive_hidden), then num_steps times v ~ p(v|h) (means in visible_mean), h ~ p(h|v) (means in
+ * hidden_mean). The final states are left in visible and hidden. `tables`: TABLES_BY_COST, or
+ * TABLES_NEVER / TABLES_ALWAYS to force a layer's method (for tests). Returns 0, or -1 when out of
+ * memory. */
+int FN(rbm_cd_chain)(int64_t batch, int64_t num_visible, int64_t num_hidden, int64_t num_steps,
+                     const REAL *weight, const REAL *visible_bias, const REAL *hidden_bias, const REAL *data,
+                     uint64_t key, const REAL *uniforms, REAL *visible, REAL *hidden, REAL *visible_mean,
+                     REAL *hidden_mean, REAL *positive_hidden, int tables, int num_threads)
+{
+    int64_t widest = num_visible > num_hidden ? num_visible : num_hidden, groups = (widest + 3) / 4;
+    int32_t *memory = malloc(sizeof(int32_t) * batch * (widest + groups + 2));
+    if (memory == NULL) return -1;
+    int32_t *codes = memory + batch * widest, *counts = codes + batch * groups;
+    FN(lists) lists = {memory, counts, codes, counts + batch};
+    int failed = 0;
+    size_t work_bytes = sizeof(REAL) * (size_t)FN(work_size)(widest);
+#pragma omp parallel num_threads(team_size(num_threads)) reduction(| : failed)
+    {
+        REAL *work = scratch(work_bytes);
+        failed = work == NULL;  /* its tiles are skipped: the caller gets -1 and discards the results */
+        FN(list_rows)(batch, num_visible, data, lists.ones, lists.num_ones, lists.codes, lists.num_codes);
+        FN(layer)(batch, num_visible, num_hidden, weight, 0, hidden_bias, lists, key, uniforms, 0,
+                  positive_hidden, hidden, work, tables);
+        uint64_t first = (uint64_t)(batch * num_hidden);
+        for (int64_t step = 0; step < num_steps; step++) {
+            FN(list_rows)(batch, num_hidden, hidden, lists.ones, lists.num_ones, lists.codes, lists.num_codes);
+            FN(layer)(batch, num_hidden, num_visible, weight, 1, visible_bias, lists, key, uniforms, first,
+                      visible_mean, visible, work, tables);
+            first += (uint64_t)(batch * num_visible);
+            FN(list_rows)(batch, num_visible, visible, lists.ones, lists.num_ones, lists.codes, lists.num_codes);
+            FN(layer)(batch, num_visible, num_hidden, weight, 0, hidden_bias, lists, key, uniforms, first,
+                      hidden_mean, hidden, work, tables);
+            first += (uint64_t)(batch * num_hidden);
+        }
+    }
+    free(memory);
+    return failed ? -1 : 0;
+}
+
+/* The CD gradient (the gradient of mean F(data) - mean F(chain ends)) from two 0/1 batches of the
+ * same size and their hidden means:
+ *   grad_weight = (visibleᵀ visible_hidden - dataᵀ data_hidden) / batch   (V, H)
+ *   grad_visible_bias = mean(visible) - mean(data),  grad_hidden_bias = mean(visible_hidden) - mean(data_hidden).
+ * Row i of grad_weight sums one hidden row per sample s where unit i is on in either batch:
+ * visible_hidden[s] - data_hidden[s] where it is on in both (CD's chains mostly agree with their
+ * data), visible_hidden[s] or -data_hidden[s] where in one only. These 3 * batch rows form each
+ * tile's panel. Returns 0, or -1 when out of memory. */
+int FN(rbm_cd_gradient)(int64_t batch, int64_t num_visible, int64_t num_hidden, const REAL *data,
+                        const REAL *data_hidden, const REAL *visible, const REAL *visible_hidden,
+                        REAL *grad_weight, REAL *grad_visible_bias, REAL *grad_hidden_bias, int num_threads)
+{
+    int32_t *lists = malloc(sizeof(int32_t) * (batch + 1) * num_visible);
+    if (lists == NULL) return -1;
+    int32_t *counts = lists + batch * num_visible;
+    const REAL scale = (REAL)1 / (REAL)batch;
+    int64_t num_tiles = (num_hidden + TILE - 1) / TILE;
+    int failed = 0;
+    size_t work_bytes = sizeof(REAL) * TILE * 3 * batch;
+#pragma omp parallel num_threads(team_size(num_threads)) reduction(| : failed)
+    {
+        REAL *panel = scratch(work_bytes);
+        failed = panel == NULL;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < num_visible; i++) {
+            int32_t *list = lists + i * batch;
+            int32_t count = 0, difference = 0;
+            for (int64_t s = 0; s < batch; s++) {
+                int32_t on_data = data[s * num_visible + i] != (REAL)0;
+                int32_t on_chain = visible[s * num_visible + i] != (REAL)0;
+                /* panel row: s (both on), batch + s (chain only), 2 batch + s (data only) */
+                list[count] = (int32_t)s + (int32_t)batch * (on_data ? (on_chain ? 0 : 2) : 1);
+                count += on_data | on_chain;
+                difference += on_chain - on_data;
+            }
+            counts[i] = count;
+            grad_visible_bias[i] = (REAL)difference * scale;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t tile = 0; tile < num_tiles; tile++) {
+            if (panel == NULL) continue;
+            int64_t start = tile * TILE;
+            int64_t width = num_hidden - start < TILE ? num_hidden - start : TILE;
+            VECTOR column_sum[8] = {0};
+            for (int64_t s = 0; s < batch; s++) {
+                REAL *both = panel + s * TILE, *chain = both + batch * TILE, *only_data = chain + batch * TILE;
+                const REAL *q = visible_hidden + s * num_hidden + start, *p = data_hidden + s * num_hidden + start;
+                for (int64_t j = 0; j < TILE; j++) {
+                    REAL qj = j < width ? q[j] : 0, pj = j < width ? p[j] : 0;
+                    both[j] = qj - pj;
+                    chain[j] = qj;
+                    only_data[j] = -pj;
+                }
+                const VECTOR *row = (const VECTOR *)__builtin_assume_aligned(both, 64);
+                for (int v = 0; v < 8; v++) column_sum[v] += row[v];
+            }
+            for (int v = 0; v < 8; v++) column_sum[v] *= scale;
+            memcpy(grad_hidden_bias + start, column_sum, sizeof(REAL) * width);
+            for (int64_t i = 0; i < num_visible; i++) {
+                VECTOR acc[8] = {0};
+                FN(accumulate)(acc, panel, lists + i * batch, counts[i]);
+                for (int v = 0; v < 8; v++) acc[v] *= scale;
+                memcpy(grad_weight + i * num_hidden + start, acc, sizeof(REAL) * width);
+            }
+        }
+    }
+    free(lists);
+    return failed ? -1 : 0;
+}
+
+#undef VECTOR
+#undef LANES
+#undef FN
+#undef CAT
+#undef CAT_
