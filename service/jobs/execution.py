@@ -9,7 +9,6 @@ Losing the database (a restart, a network cut) makes every step wait and reconne
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import traceback
@@ -164,19 +163,6 @@ def _load_definition(session_factory: sessionmaker, definition_id: int) -> _Defi
         )
 
 
-def _read_snapshot(session_factory: sessionmaker):
-    """All ratings as of one instant: one REPEATABLE READ transaction on PostgreSQL (SQLite reads see a
-    single snapshot per transaction anyway)."""
-    from service.models.training import read_snapshot
-
-    with session_factory() as session:
-        if session.get_bind().dialect.name == "postgresql":
-            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-        snapshot = read_snapshot(session)
-        session.rollback()
-        return snapshot
-
-
 def _active_version(session: Session, definition_id: int) -> ModelVersion | None:
     return session.scalars(
         select(ModelVersion).where(ModelVersion.model_definition_id == definition_id, ModelVersion.is_active.is_(True))
@@ -301,36 +287,26 @@ def _close(session_factory: sessionmaker, claim: queue.Claim, lease: Lease, stat
 def _run(
     session_factory: sessionmaker, claim: queue.Claim, lease: Lease, device: str | None, rating_scale: int | None
 ) -> Outcome:
-    from rbm_core.ratings import RatingMatrix, split_per_user, train_rating_model
     from service.config import get_settings
     from service.errors import ApiError
-    from service.models.training import evaluate
+    from service.models.service import rating_config
+    from service.models.training import fit_metrics, fit_snapshot, read_consistent_snapshot
 
     started = time.perf_counter()
     definition = retry_db(lambda: _load_definition(session_factory, claim.definition_id), what="loading definition")
     try:
         gate = GateConfig.from_dict(definition.gate)
-        from service.models.service import rating_config
-
         config = rating_config(
             kind=definition.kind, orientation=definition.orientation, hyperparameters=definition.hyperparameters
         )
     except (ApiError, ValueError) as exc:
         return _close(session_factory, claim, lease, "failed", f"invalid model definition: {exc}")
 
-    snapshot = retry_db(lambda: _read_snapshot(session_factory), what=f"job {claim.job_id}: reading the snapshot")
+    snapshot = retry_db(
+        lambda: read_consistent_snapshot(session_factory), what=f"job {claim.job_id}: reading the snapshot"
+    )
     if snapshot.rating_count == 0:
         return _close(session_factory, claim, lease, "failed", "there are no ratings to train on")
-    scale = rating_scale or get_settings().rating_scale
-    matrix = RatingMatrix(
-        torch.from_numpy(snapshot.users),
-        torch.from_numpy(snapshot.items),
-        torch.from_numpy(snapshot.values),
-        len(snapshot.user_index),
-        len(snapshot.item_index),
-        num_values=scale,
-    )
-    train, test = split_per_user(matrix, test_fraction=definition.holdout, seed=config.seed)
     snapshot_seconds = time.perf_counter() - started
     history: list[dict[str, Any]] = []
 
@@ -338,51 +314,29 @@ def _run(
         history.append({k: float(v) for k, v in metrics.items()})
         lease.report(min(1.0, (epoch + 1) / max(config.epochs, 1)), history)
 
-    log.info(
-        "job %d: model %s, %d ratings (%d held out), %d users x %d items",
-        claim.job_id,
-        definition.name,
-        len(train),
-        len(test),
-        matrix.num_users,
-        matrix.num_items,
-    )
-    model = train_rating_model(
-        train,
+    fit = fit_snapshot(
+        snapshot,
         config,
-        validation=test if len(test) else None,
+        holdout=definition.holdout,
+        scale=rating_scale or get_settings().rating_scale,
         device=device,
         callback=on_epoch,
         should_stop=lease.should_stop,
+        name=f"{definition.name} (job {claim.job_id})",
     )
     if not lease.owned:
         raise JobLost()
     if lease.cancel_requested:
         return _close(session_factory, claim, lease, "cancelled", "cancelled on request; no version written")
-    metrics: dict[str, Any] = evaluate(model, train, test)
-    metrics.update(
-        {
-            "num_train": len(train),
-            "num_users": matrix.num_users,
-            "num_items": matrix.num_items,
-            "epochs_run": len(model.history),
-            "train_seconds": model.train_seconds,
-            "snapshot_seconds": snapshot_seconds,
-            "history": history,
-            "evaluation": f"per-user holdout {definition.holdout:g}, seed {config.seed}",
-        }
-    )
-    for key, value in list(metrics.items()):
-        if isinstance(value, float) and not math.isfinite(value) and key in ("rmse", "mae"):
-            raise RuntimeError(f"held-out {key} is {value}")
-    incumbent = _score_incumbent(session_factory, claim.definition_id, snapshot, train, test, model)
+    metrics = fit_metrics(fit, holdout=definition.holdout, snapshot_seconds=snapshot_seconds, history=history)
+    incumbent = _score_incumbent(session_factory, claim.definition_id, snapshot, fit.train, fit.test, fit.model)
     decision = gate_decision(gate, metrics, incumbent)
     metrics["gate"] = {**decision.as_dict(), "config": gate.__dict__}
-    artifact = model.to_bytes()
+    artifact = fit.model.to_bytes()
 
     def publish() -> Outcome:
-        from service.models import repository
         from service.models.service import activate_version
+        from service.models.training import add_version
 
         with session_factory.begin() as session:
             job = queue.lock_if_owned(session, claim=claim)
@@ -392,26 +346,17 @@ def _run(
             if job.cancel_requested:
                 queue.finish(session, claim=claim, status="cancelled", error="cancelled on request; no version written")
                 return Outcome("cancelled", reason="cancelled on request")
-            version = ModelVersion(
-                model_definition_id=claim.definition_id,
-                version=repository.next_version_number(session, claim.definition_id),
-                status="ready" if decision.passed else "rejected",
-                is_active=False,
-                artifact=artifact,
-                artifact_size=len(artifact),
-                user_index=snapshot.user_index.tolist(),
-                item_index=snapshot.item_index.tolist(),
-                num_users=matrix.num_users,
-                num_items=matrix.num_items,
-                config=config.to_dict(),
+            version = add_version(
+                session,
+                definition_id=claim.definition_id,
+                fit=fit,
+                snapshot=snapshot,
                 metrics=metrics,
-                rating_count=snapshot.rating_count,
-                last_rating_at=snapshot.last_rating_at,
+                artifact=artifact,
+                status="ready" if decision.passed else "rejected",
                 reason=decision.reason,
-                training_job_id=claim.job_id,
+                job_id=claim.job_id,
             )
-            session.add(version)
-            session.flush()
             if decision.passed:
                 activate_version(session, definition_id=claim.definition_id, version_id=version.id)
             queue.finish(

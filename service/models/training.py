@@ -93,6 +93,80 @@ def evaluate(model: Any, train: Any, test: Any) -> dict[str, float]:
     }
 
 
+def read_consistent_snapshot(session_factory: sessionmaker) -> Snapshot:
+    """``read_snapshot`` in its own transaction: REPEATABLE READ on PostgreSQL (SQLite reads see a single
+    snapshot per transaction anyway)."""
+    with session_factory() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        snapshot = read_snapshot(session)
+        session.rollback()
+        return snapshot
+
+
+@dataclass
+class Fit:
+    """A trained model with the split it was trained and held out on."""
+
+    model: Any
+    matrix: Any  # rbm_core.ratings.RatingMatrix of the whole snapshot
+    train: Any
+    test: Any
+    config: Any  # rbm_core.ratings.RatingModelConfig
+
+
+def fit_snapshot(snapshot: Snapshot, config: Any, *, holdout: float, scale: int, device: str | None = None,
+                 callback: Callable[[int, dict[str, float]], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None, name: str = "") -> Fit:
+    """Hold out ``holdout`` of each user's ratings (seeded by the config) and train on the rest; the
+    held-out part drives early stopping. The worker and ``rbmrec train`` both train through this."""
+    from rbm_core.ratings import RatingMatrix, split_per_user, train_rating_model
+
+    matrix = RatingMatrix(torch.from_numpy(snapshot.users), torch.from_numpy(snapshot.items),
+                          torch.from_numpy(snapshot.values), len(snapshot.user_index), len(snapshot.item_index),
+                          num_values=scale)
+    train, test = split_per_user(matrix, test_fraction=holdout, seed=config.seed)
+    log.info("model %s: training on %d ratings (%d held out), %d users x %d items", name, len(train), len(test),
+             matrix.num_users, matrix.num_items)
+    model = train_rating_model(train, config, validation=test if len(test) else None, device=device,
+                               callback=callback, should_stop=should_stop)
+    return Fit(model, matrix, train, test, config)
+
+
+def fit_metrics(fit: Fit, *, holdout: float, snapshot_seconds: float, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The held-out evaluation and a training summary, as stored in ``model_versions.metrics``. A
+    non-finite held-out RMSE or MAE is an error, never a stored figure."""
+    metrics: dict[str, Any] = evaluate(fit.model, fit.train, fit.test)
+    for key in ("rmse", "mae"):
+        value = metrics.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RuntimeError(f"held-out {key} is {value}")
+    metrics.update({
+        "num_train": len(fit.train), "num_users": fit.matrix.num_users, "num_items": fit.matrix.num_items,
+        "epochs_run": len(fit.model.history), "train_seconds": fit.model.train_seconds,
+        "snapshot_seconds": snapshot_seconds, "history": history,
+        # The held-out ratings also drive early stopping (restoring the best epoch), so rmse is slightly optimistic.
+        "evaluation": f"per-user holdout {holdout:g}, seed {fit.config.seed}",
+    })
+    return metrics
+
+
+def add_version(session: Session, *, definition_id: int, fit: Fit, snapshot: Snapshot, metrics: dict[str, Any],
+                artifact: bytes, status: str, reason: str | None, job_id: int | None) -> ModelVersion:
+    """Insert the version row (not active) in the caller's transaction, which must hold the definition's row
+    lock: it serialises version numbering per definition."""
+    version = ModelVersion(
+        model_definition_id=definition_id, version=repository.next_version_number(session, definition_id),
+        status=status, is_active=False, artifact=artifact, artifact_size=len(artifact),
+        user_index=snapshot.user_index.tolist(), item_index=snapshot.item_index.tolist(),
+        num_users=fit.matrix.num_users, num_items=fit.matrix.num_items, config=fit.config.to_dict(),
+        metrics=metrics, rating_count=snapshot.rating_count, last_rating_at=snapshot.last_rating_at, reason=reason,
+        training_job_id=job_id, created_at=datetime.now(UTC))
+    session.add(version)
+    session.flush()
+    return version
+
+
 def train_model_version(*, session_factory: sessionmaker, definition_id: int, job_id: int | None = None,
                         progress_callback: ProgressCallback | None = None,
                         should_stop: Callable[[], bool] | None = None, device: str | None = None,
@@ -102,67 +176,37 @@ def train_model_version(*, session_factory: sessionmaker, definition_id: int, jo
     summary. ``progress_callback(epoch, total_epochs, metrics)`` is called after every epoch;
     ``should_stop()`` is polled after every epoch, and when it turns true ``TrainingCancelled`` is raised and
     nothing is written. Raises ``NoRatings`` when there are none, ``ValueError`` for a bad definition."""
-    from rbm_core.ratings import RatingMatrix, split_per_user, train_rating_model
+    from service.config import get_settings
 
     started = time.perf_counter()
     with session_factory() as session:
-        if session.get_bind().dialect.name == "postgresql":
-            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         definition = session.get(ModelDefinition, definition_id)
         if definition is None:
             raise ValueError(f"model definition {definition_id} does not exist")
         name, kind, orientation = definition.name, definition.kind, definition.orientation
         hyperparameters, holdout = dict(definition.hyperparameters or {}), definition.holdout_fraction
-        snapshot = read_snapshot(session)
-        session.rollback()
+    snapshot = read_consistent_snapshot(session_factory)
     if snapshot.rating_count == 0:
         raise NoRatings(f"model {name!r}: there are no ratings to train on")
-    from service.config import get_settings
-
-    scale = rating_scale or get_settings().rating_scale
     config = rating_config(kind=kind, orientation=orientation, hyperparameters=hyperparameters)
-    matrix = RatingMatrix(torch.from_numpy(snapshot.users), torch.from_numpy(snapshot.items),
-                          torch.from_numpy(snapshot.values), len(snapshot.user_index), len(snapshot.item_index),
-                          num_values=scale)
-    train, test = split_per_user(matrix, test_fraction=holdout, seed=config.seed)
-    read_seconds = time.perf_counter() - started
-    log.info("model %s: training on %d ratings (%d held out), %d users x %d items", name, len(train), len(test),
-             matrix.num_users, matrix.num_items)
+    snapshot_seconds = time.perf_counter() - started
 
     def callback(epoch: int, metrics: dict[str, float]) -> None:
         if progress_callback is not None:
             progress_callback(epoch, config.epochs, metrics)
 
-    fit_started = time.perf_counter()
-    model = train_rating_model(train, config, validation=test if len(test) else None, device=device,
-                               callback=callback, should_stop=should_stop)
+    fit = fit_snapshot(snapshot, config, holdout=holdout, scale=rating_scale or get_settings().rating_scale,
+                       device=device, callback=callback, should_stop=should_stop, name=name)
     if should_stop is not None and should_stop():
         raise TrainingCancelled(f"model {name!r}: training was cancelled")
-    fit_seconds = time.perf_counter() - fit_started
-    metrics: dict[str, Any] = evaluate(model, train, test)
-    metrics.update({
-        "num_train": len(train), "num_users": matrix.num_users, "num_items": matrix.num_items,
-        "epochs_run": len(model.history), "train_seconds": fit_seconds, "snapshot_seconds": read_seconds,
-        "history": model.history,
-        # The held-out ratings also drive early stopping (restoring the best epoch), so rmse is slightly optimistic.
-        "evaluation": f"per-user holdout {holdout:g}, seed {config.seed}",
-    })
-    artifact = model.to_bytes()
+    metrics = fit_metrics(fit, holdout=holdout, snapshot_seconds=snapshot_seconds, history=fit.model.history)
+    artifact = fit.model.to_bytes()
 
     with session_factory() as session, session.begin():
-        # The row lock serialises version numbering per definition.
-        locked = session.get(ModelDefinition, definition_id, with_for_update=True)
-        if locked is None:
+        if session.get(ModelDefinition, definition_id, with_for_update=True) is None:
             raise ValueError(f"model definition {definition_id} was deleted during training")
-        version = ModelVersion(
-            model_definition_id=definition_id, version=repository.next_version_number(session, definition_id),
-            status="ready", is_active=False, artifact=artifact, artifact_size=len(artifact),
-            user_index=snapshot.user_index.tolist(), item_index=snapshot.item_index.tolist(),
-            num_users=matrix.num_users, num_items=matrix.num_items, config=config.to_dict(), metrics=metrics,
-            rating_count=snapshot.rating_count, last_rating_at=snapshot.last_rating_at, reason=reason,
-            training_job_id=job_id, created_at=datetime.now(UTC))
-        session.add(version)
-        session.flush()
+        version = add_version(session, definition_id=definition_id, fit=fit, snapshot=snapshot, metrics=metrics,
+                              artifact=artifact, status="ready", reason=reason, job_id=job_id)
     log.info("model %s: version %d written (rmse %.4f, %.1f s)", name, version.version, metrics.get("rmse", math.nan),
              time.perf_counter() - started)
     return version
