@@ -67,6 +67,13 @@ def update_definition(session: Session, *, name: str, changes: dict[str, Any]) -
     _check_cron(changes.get("schedule_cron"))
     for key, value in changes.items():
         setattr(definition, key, value)
+    if {"schedule_interval_seconds", "schedule_cron"} & changes.keys():
+        # a changed time schedule starts from now, as PUT .../schedule does (not from the old slot)
+        from service.jobs.queue import db_now
+        from service.jobs.scheduler import next_run_after
+
+        definition.next_run_at = next_run_after(interval_seconds=definition.schedule_interval_seconds,
+                                                cron=definition.schedule_cron, after=db_now(session))
     definition.updated_at = datetime.now(UTC)
     session.flush()
     return definition

@@ -31,6 +31,18 @@ def test_edit_read_and_clear_a_schedule(client, admin, reader):
     assert cleared["cron"] is None and cleared["next_run_at"] is None and not cleared["trigger_new_ratings"]
 
 
+def test_patching_a_models_schedule_recomputes_its_next_run(client, admin, reader):
+    _model(client, admin)
+    client.put("/v1/models/m1/schedule", json={"interval_seconds": 86400}, headers=admin)
+    before = datetime.now(UTC)
+    patched = client.patch("/v1/models/m1", json={"schedule_interval_seconds": 600}, headers=admin)
+    assert patched.status_code == 200, patched.text
+    next_run = datetime.fromisoformat(client.get("/v1/models/m1/schedule", headers=reader).json()["next_run_at"])
+    assert before + timedelta(minutes=9) < next_run < datetime.now(UTC) + timedelta(minutes=11)
+    client.patch("/v1/models/m1", json={"schedule_interval_seconds": None}, headers=admin)
+    assert client.get("/v1/models/m1/schedule", headers=reader).json()["next_run_at"] is None
+
+
 def test_schedule_errors(client, admin, reader):
     _model(client, admin)
     assert client.put("/v1/models/m1/schedule", json={"interval_seconds": 3600}, headers=reader).status_code == 403
