@@ -13,7 +13,8 @@ chooses for integer or boolean input (``ratio_vs_sklearn_float64``). Each figure
 ``--rounds`` interleaved rounds. The last line is machine-readable (first batch size):
 ``cd1_samples_per_s=... ratio_vs_sklearn=... ratio_vs_matmul=... ratio_vs_sklearn_float64=...``
 ``--dense`` switches off rbm_core's sparse 0/1 fast path (``rbm_core.sparse_binary``: the fused CD-k chain
-and the products summing rows of W over the ones of 0/1 batches) to compare.
+and the products summing rows of W over the ones of 0/1 batches) to compare; ``--no-kernel`` keeps that path
+but without its C kernel (``rbm_core/_kernels/cd_binary.c``), i.e. the NumPy/torch version of it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rbm_core import RBM, ContrastiveDivergence, RBMConfig, Trainer, sparse_binary  # noqa: E402
+from rbm_core import RBM, ContrastiveDivergence, RBMConfig, Trainer, _kernels, sparse_binary  # noqa: E402
 
 NUM_VISIBLE, NUM_HIDDEN = 784, 500
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist" / "train-images-idx3-ubyte.gz"
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dense", action="store_true",
                         help="switch off rbm_core's sparse 0/1 fast path (rbm_core.sparse_binary), for comparison")
+    parser.add_argument("--no-kernel", action="store_true",
+                        help="run the sparse 0/1 fast path by NumPy/torch instead of its C kernel, for comparison")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.dense:
         sparse_binary.enabled = False
+    if args.no_kernel:
+        sparse_binary.use_kernel = False
+    kernel = sparse_binary.enabled and sparse_binary.use_kernel and _kernels.cd_binary() is not None
     device = torch.device(args.device)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     data_np, source = load_binary_images(args.data, args.rows, args.seed)
@@ -154,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     sklearn_data = {"float32": data_np, "float64": data_np.astype(np.float64)}
     print(f"data: {len(data_np)} rows of {source}")
     print(f"device: {device}  torch {torch.__version__}  threads {torch.get_num_threads()}  "
-          f"sparse 0/1 fast path {'on' if sparse_binary.enabled else 'off'}  "
+          f"sparse 0/1 fast path {'on' if sparse_binary.enabled else 'off'} "
+          f"(C kernel {'on' if kernel else 'off'})  "
           f"rounds {args.rounds} (best of each reported; the machine may be shared)")
     if not args.no_sklearn:
         print(f"threads: rbm_core (torch) {torch.get_num_threads()}, "

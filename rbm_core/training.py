@@ -188,7 +188,8 @@ class Trainer:
                 self.estimator.set_epoch(epoch)
             self.model.train()
             for step, rows in enumerate(iterate_minibatches(len(train_all), self.batch_size, self.generator), 1):
-                self._step(train_all[rows.to(device)])
+                # index_select: the same rows as train_all[rows], several times faster for a batch of rows
+                self._step(train_all.index_select(0, rows.to(device)))
                 if self.check_every and step % self.check_every == 0:
                     check_finite_parameters(self.model, f"after update {step} of epoch {epoch}")
             check_finite_parameters(self.model, f"in epoch {epoch}")

@@ -99,21 +99,76 @@ static void *scratch(size_t bytes)
     return buffer;
 }
 
+/* Square blocks transposed in registers: out[c][r] = in[r][c], BLOCK x BLOCK (8 floats, 4 doubles). */
+#ifdef __AVX__
+#include <immintrin.h>
+static inline void transpose_block_f32(const float *in, int64_t in_stride, float *out, int64_t out_stride)
+{
+    __m256 r0 = _mm256_loadu_ps(in), r1 = _mm256_loadu_ps(in + in_stride);
+    __m256 r2 = _mm256_loadu_ps(in + 2 * in_stride), r3 = _mm256_loadu_ps(in + 3 * in_stride);
+    __m256 r4 = _mm256_loadu_ps(in + 4 * in_stride), r5 = _mm256_loadu_ps(in + 5 * in_stride);
+    __m256 r6 = _mm256_loadu_ps(in + 6 * in_stride), r7 = _mm256_loadu_ps(in + 7 * in_stride);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(out, _mm256_permute2f128_ps(s0, s4, 0x20));
+    _mm256_storeu_ps(out + out_stride, _mm256_permute2f128_ps(s1, s5, 0x20));
+    _mm256_storeu_ps(out + 2 * out_stride, _mm256_permute2f128_ps(s2, s6, 0x20));
+    _mm256_storeu_ps(out + 3 * out_stride, _mm256_permute2f128_ps(s3, s7, 0x20));
+    _mm256_storeu_ps(out + 4 * out_stride, _mm256_permute2f128_ps(s0, s4, 0x31));
+    _mm256_storeu_ps(out + 5 * out_stride, _mm256_permute2f128_ps(s1, s5, 0x31));
+    _mm256_storeu_ps(out + 6 * out_stride, _mm256_permute2f128_ps(s2, s6, 0x31));
+    _mm256_storeu_ps(out + 7 * out_stride, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+
+static inline void transpose_block_f64(const double *in, int64_t in_stride, double *out, int64_t out_stride)
+{
+    __m256d r0 = _mm256_loadu_pd(in), r1 = _mm256_loadu_pd(in + in_stride);
+    __m256d r2 = _mm256_loadu_pd(in + 2 * in_stride), r3 = _mm256_loadu_pd(in + 3 * in_stride);
+    __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+    __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+    _mm256_storeu_pd(out, _mm256_permute2f128_pd(t0, t2, 0x20));
+    _mm256_storeu_pd(out + out_stride, _mm256_permute2f128_pd(t1, t3, 0x20));
+    _mm256_storeu_pd(out + 2 * out_stride, _mm256_permute2f128_pd(t0, t2, 0x31));
+    _mm256_storeu_pd(out + 3 * out_stride, _mm256_permute2f128_pd(t1, t3, 0x31));
+}
+#else
+#define TRANSPOSE_BLOCK_LOOPS(REAL_, BLOCK_)                                                            \
+    for (int64_t r = 0; r < BLOCK_; r++)                                                                \
+        for (int64_t c = 0; c < BLOCK_; c++) out[c * out_stride + r] = in[r * in_stride + c];
+static inline void transpose_block_f32(const float *in, int64_t in_stride, float *out, int64_t out_stride)
+{
+    TRANSPOSE_BLOCK_LOOPS(float, 8)
+}
+static inline void transpose_block_f64(const double *in, int64_t in_stride, double *out, int64_t out_stride)
+{
+    TRANSPOSE_BLOCK_LOOPS(double, 4)
+}
+#endif
+
 #define REAL float
 #define SUFFIX _f32
 #define EXP exp_f32
 #define UNIFORM(bits) ((float)((bits) >> 40) * 0x1p-24f)
 #define TILE 64
+#define BLOCK 8
 #include "cd_binary_impl.h"
 #undef REAL
 #undef SUFFIX
 #undef EXP
 #undef UNIFORM
 #undef TILE
+#undef BLOCK
 
 #define REAL double
 #define SUFFIX _f64
 #define EXP exp_f64
 #define UNIFORM(bits) ((double)((bits) >> 11) * 0x1p-53)
 #define TILE 32
+#define BLOCK 4
 #include "cd_binary_impl.h"

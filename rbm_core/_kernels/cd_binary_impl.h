@@ -78,18 +78,19 @@ static void FN(copy_panel)(REAL *restrict panel, const REAL *restrict source, in
 }
 
 /* The same for the columns of sourceᵀ, i.e. panel[r][c] = source[(start + c) * stride + r] for the
- * `rows` = columns of source: the visible layer's panels come straight from W. */
+ * `rows` = columns of source: the visible layer's panels come straight from W, transposed in
+ * BLOCK x BLOCK register blocks. */
 static void FN(copy_panel_transposed)(REAL *restrict panel, const REAL *restrict source, int64_t rows,
                                       int64_t stride, int64_t start, int64_t width)
 {
     if (width < TILE) memset(panel, 0, sizeof(REAL) * TILE * rows);
-    const int64_t block = 16;
-    for (int64_t r0 = 0; r0 < rows; r0 += block) {
-        int64_t r1 = r0 + block < rows ? r0 + block : rows;
-        for (int64_t c = 0; c < width; c++) {
-            const REAL *in = source + (start + c) * stride;
-            for (int64_t r = r0; r < r1; r++) panel[r * TILE + c] = in[r];
-        }
+    int64_t full_rows = rows / BLOCK * BLOCK, full_width = width / BLOCK * BLOCK;
+    for (int64_t r = 0; r < full_rows; r += BLOCK)
+        for (int64_t c = 0; c < full_width; c += BLOCK)
+            CAT(transpose_block, SUFFIX)(source + (start + c) * stride + r, stride, panel + r * TILE + c, TILE);
+    for (int64_t c = 0; c < width; c++) {  /* the edges */
+        const REAL *in = source + (start + c) * stride;
+        for (int64_t r = c < full_width ? full_rows : 0; r < rows; r++) panel[r * TILE + c] = in[r];
     }
 }
 
@@ -116,25 +117,43 @@ static void FN(build_table)(REAL *restrict table, const REAL *restrict panel, in
 }
 
 /* The lists of a 0/1 batch x (batch, n): ones[s * n ..] the column indices of the ones of row s,
- * codes[s * groups ..] the table rows g * 16 + m of its nonzero groups of four (m the group's bits). */
+ * codes[s * groups ..] the table rows g * 16 + m of its nonzero groups of four (m the group's bits).
+ * Branch-free appends (the bits are random, a branch would mispredict often); x > 0 rather than
+ * x != 0, an ordered comparison that compiles to fewer instructions (x is 0/1, checked). */
 static void FN(list_rows)(int64_t batch, int64_t n, const REAL *x, int32_t *ones, int32_t *num_ones,
                           int32_t *codes, int32_t *num_codes)
 {
-    int64_t groups = (n + 3) / 4;
+    int64_t full = n / 4;
 #pragma omp for schedule(static)
     for (int64_t s = 0; s < batch; s++) {
         const REAL *row = x + s * n;
-        int32_t *list = ones + s * n, *code_list = codes + s * groups;
+        int32_t *list = ones + s * n, *code_list = codes + s * ((n + 3) / 4);
         int32_t count = 0, code_count = 0;
-        for (int64_t g = 0; g < groups; g++) {
+        for (int64_t g = 0; g < full; g++) {
+            const REAL *quad = row + 4 * g;
+            int32_t b0 = quad[0] > (REAL)0, b1 = quad[1] > (REAL)0, b2 = quad[2] > (REAL)0, b3 = quad[3] > (REAL)0;
+            int32_t first = (int32_t)(4 * g);
+            list[count] = first;
+            count += b0;
+            list[count] = first + 1;
+            count += b1;
+            list[count] = first + 2;
+            count += b2;
+            list[count] = first + 3;
+            count += b3;
+            int32_t mask = b0 | b1 << 1 | b2 << 2 | b3 << 3;
+            code_list[code_count] = 4 * first + mask;
+            code_count += mask != 0;
+        }
+        if (4 * full < n) {
             int32_t mask = 0;
-            for (int64_t k = 0; k < 4 && 4 * g + k < n; k++) {  /* branch-free appends: random bits */
-                int32_t on = row[4 * g + k] != (REAL)0;
-                list[count] = (int32_t)(4 * g + k);
+            for (int64_t j = 4 * full; j < n; j++) {
+                int32_t on = row[j] > (REAL)0;
+                list[count] = (int32_t)j;
                 count += on;
-                mask |= on << k;
+                mask |= on << (j - 4 * full);
             }
-            code_list[code_count] = (int32_t)(16 * g + mask);
+            code_list[code_count] = (int32_t)(16 * full) + mask;
             code_count += mask != 0;
         }
         num_ones[s] = count;
@@ -261,8 +280,8 @@ int FN(rbm_cd_gradient)(int64_t batch, int64_t num_visible, int64_t num_hidden, 
             int32_t *list = lists + i * batch;
             int32_t count = 0, difference = 0;
             for (int64_t s = 0; s < batch; s++) {
-                int32_t on_data = data[s * num_visible + i] != (REAL)0;
-                int32_t on_chain = visible[s * num_visible + i] != (REAL)0;
+                int32_t on_data = data[s * num_visible + i] > (REAL)0;
+                int32_t on_chain = visible[s * num_visible + i] > (REAL)0;
                 /* panel row: s (both on), batch + s (chain only), 2 batch + s (data only) */
                 list[count] = (int32_t)s + (int32_t)batch * (on_data ? (on_chain ? 0 : 2) : 1);
                 count += on_data | on_chain;
