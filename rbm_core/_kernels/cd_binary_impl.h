@@ -28,6 +28,12 @@ void FN(rbm_uniforms)(uint64_t key, uint64_t first, int64_t count, REAL *out)
         out[i] = UNIFORM(splitmix_output(key, first + (uint64_t)i));
 }
 
+/* dst[0 .. TILE) = src[0 .. TILE) by vector moves (gcc calls memcpy for 256 bytes). */
+static inline void FN(copy_tile)(REAL *restrict dst, const REAL *restrict src)
+{
+    for (int v = 0; v < 8; v++) ((VECTOR *)dst)[v] = ((const VECTOR *)src)[v];
+}
+
 /* acc[0 .. TILE) += the sum of the listed rows of `rows` (each TILE wide, 64-byte aligned). */
 static inline void FN(accumulate)(VECTOR *restrict acc, const REAL *restrict rows, const int32_t *restrict list,
                                   int64_t count)
@@ -49,20 +55,17 @@ static inline void FN(sample)(const REAL *restrict field, int64_t width, uint64_
                               const REAL *restrict uniforms, uint64_t first, REAL *restrict mean,
                               REAL *restrict state)
 {
-    REAL p[TILE];
+    REAL p[TILE], u[TILE];
     for (int64_t j = 0; j < TILE; j++)
         p[j] = (REAL)1 / ((REAL)1 + EXP(-field[j]));
-    if (uniforms != NULL) {
-        for (int64_t j = 0; j < width; j++)
-            state[j] = (REAL)(uniforms[first + j] < p[j]);
-    } else {
-        REAL u[TILE];
-        for (int64_t j = 0; j < TILE; j++)
-            u[j] = UNIFORM(splitmix_output(key, first + (uint64_t)j));
-        for (int64_t j = 0; j < width; j++)
-            state[j] = (REAL)(u[j] < p[j]);
+    if (uniforms != NULL)
+        for (int64_t j = 0; j < width; j++) u[j] = uniforms[first + j];
+    else
+        for (int64_t j = 0; j < TILE; j++) u[j] = UNIFORM(splitmix_output(key, first + (uint64_t)j));
+    for (int64_t j = 0; j < width; j++) {  /* one loop for both: gcc would make a lone copy a memcpy call */
+        mean[j] = p[j];
+        state[j] = (REAL)(u[j] < p[j]);
     }
-    memcpy(mean, p, sizeof(REAL) * width);
 }
 
 /* The columns start .. start + width of source (rows, stride) as a panel (rows, TILE), zero-padded
@@ -70,10 +73,13 @@ static inline void FN(sample)(const REAL *restrict field, int64_t width, uint64_
 static void FN(copy_panel)(REAL *restrict panel, const REAL *restrict source, int64_t rows, int64_t stride,
                            int64_t start, int64_t width)
 {
+    if (width == TILE) {  /* vector moves, no library call per row */
+        for (int64_t r = 0; r < rows; r++) FN(copy_tile)(panel + r * TILE, source + r * stride + start);
+        return;
+    }
     for (int64_t r = 0; r < rows; r++) {
         REAL *out = panel + r * TILE;
-        memcpy(out, source + r * stride + start, sizeof(REAL) * width);
-        memset(out + width, 0, sizeof(REAL) * (TILE - width));
+        for (int64_t j = 0; j < TILE; j++) out[j] = j < width ? source[r * stride + start + j] : (REAL)0;
     }
 }
 
@@ -198,7 +204,7 @@ static void FN(layer)(int64_t batch, int64_t n_in, int64_t n_out, const REAL *we
         memcpy(tile_bias, bias + start, sizeof(REAL) * width);
         for (int64_t s = 0; s < batch; s++) {
             VECTOR acc[8];
-            memcpy(acc, tile_bias, sizeof acc);
+            FN(copy_tile)((REAL *)acc, tile_bias);
             if (use_table)
                 FN(accumulate)(acc, table, lists.codes + s * groups, lists.num_codes[s]);
             else
@@ -314,7 +320,11 @@ int FN(rbm_cd_gradient)(int64_t batch, int64_t num_visible, int64_t num_hidden, 
                 VECTOR acc[8] = {0};
                 FN(accumulate)(acc, panel, lists + i * batch, counts[i]);
                 for (int v = 0; v < 8; v++) acc[v] *= scale;
-                memcpy(grad_weight + i * num_hidden + start, acc, sizeof(REAL) * width);
+                REAL *out = grad_weight + i * num_hidden + start;
+                if (width == TILE)
+                    FN(copy_tile)(out, (const REAL *)acc);
+                else
+                    for (int64_t j = 0; j < width; j++) out[j] = ((const REAL *)acc)[j];
             }
         }
     }
