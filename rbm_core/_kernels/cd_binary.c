@@ -137,7 +137,31 @@ static inline void transpose_block_f64(const double *in, int64_t in_stride, doub
     _mm256_storeu_pd(out + 2 * out_stride, _mm256_permute2f128_pd(t0, t2, 0x31));
     _mm256_storeu_pd(out + 3 * out_stride, _mm256_permute2f128_pd(t1, t3, 0x31));
 }
+
+/* Bit j of the result: x[j] > 0, for BLOCK consecutive values. */
+static inline uint64_t positive_bits_f32(const float *x)
+{
+    return (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x), _mm256_setzero_ps(), _CMP_GT_OQ));
+}
+
+static inline uint64_t positive_bits_f64(const double *x)
+{
+    return (uint64_t)_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(x), _mm256_setzero_pd(), _CMP_GT_OQ));
+}
 #else
+static inline uint64_t positive_bits_f32(const float *x)
+{
+    uint64_t bits = 0;
+    for (int j = 0; j < 8; j++) bits |= (uint64_t)(x[j] > 0.0f) << j;
+    return bits;
+}
+
+static inline uint64_t positive_bits_f64(const double *x)
+{
+    uint64_t bits = 0;
+    for (int j = 0; j < 4; j++) bits |= (uint64_t)(x[j] > 0.0) << j;
+    return bits;
+}
 #define TRANSPOSE_BLOCK_LOOPS(REAL_, BLOCK_)                                                            \
     for (int64_t r = 0; r < BLOCK_; r++)                                                                \
         for (int64_t c = 0; c < BLOCK_; c++) out[c * out_stride + r] = in[r * in_stride + c];

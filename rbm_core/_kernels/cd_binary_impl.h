@@ -122,45 +122,38 @@ static void FN(build_table)(REAL *restrict table, const REAL *restrict panel, in
     }
 }
 
+/* Bit j of the result: x[j] > 0, for j < count <= 64 (x is 0/1, checked: an ordered comparison
+ * suffices). */
+static inline uint64_t FN(row_bits)(const REAL *x, int64_t count)
+{
+    uint64_t bits = 0;
+    int64_t j = 0;
+    for (; j + BLOCK <= count; j += BLOCK) bits |= CAT(positive_bits, SUFFIX)(x + j) << j;
+    for (; j < count; j++) bits |= (uint64_t)(x[j] > (REAL)0) << j;
+    return bits;
+}
+
 /* The lists of a 0/1 batch x (batch, n): ones[s * n ..] the column indices of the ones of row s,
- * codes[s * groups ..] the table rows g * 16 + m of its nonzero groups of four (m the group's bits).
- * Branch-free appends (the bits are random, a branch would mispredict often); x > 0 rather than
- * x != 0, an ordered comparison that compiles to fewer instructions (x is 0/1, checked). */
+ * codes[s * groups ..] the table rows g * 16 + m of its nonzero groups of four (m the group's bits),
+ * both from the row's bits taken 64 at a time. */
 static void FN(list_rows)(int64_t batch, int64_t n, const REAL *x, int32_t *ones, int32_t *num_ones,
                           int32_t *codes, int32_t *num_codes)
 {
-    int64_t full = n / 4;
 #pragma omp for schedule(static)
     for (int64_t s = 0; s < batch; s++) {
         const REAL *row = x + s * n;
         int32_t *list = ones + s * n, *code_list = codes + s * ((n + 3) / 4);
         int32_t count = 0, code_count = 0;
-        for (int64_t g = 0; g < full; g++) {
-            const REAL *quad = row + 4 * g;
-            int32_t b0 = quad[0] > (REAL)0, b1 = quad[1] > (REAL)0, b2 = quad[2] > (REAL)0, b3 = quad[3] > (REAL)0;
-            int32_t first = (int32_t)(4 * g);
-            list[count] = first;
-            count += b0;
-            list[count] = first + 1;
-            count += b1;
-            list[count] = first + 2;
-            count += b2;
-            list[count] = first + 3;
-            count += b3;
-            int32_t mask = b0 | b1 << 1 | b2 << 2 | b3 << 3;
-            code_list[code_count] = 4 * first + mask;
-            code_count += mask != 0;
-        }
-        if (4 * full < n) {
-            int32_t mask = 0;
-            for (int64_t j = 4 * full; j < n; j++) {
-                int32_t on = row[j] > (REAL)0;
-                list[count] = (int32_t)j;
-                count += on;
-                mask |= on << (j - 4 * full);
+        for (int64_t base = 0; base < n; base += 64) {
+            int64_t width = n - base < 64 ? n - base : 64;
+            uint64_t bits = FN(row_bits)(row + base, width);
+            for (uint64_t rest = bits; rest != 0; rest &= rest - 1)
+                list[count++] = (int32_t)base + __builtin_ctzll(rest);
+            for (int32_t k = 0; k < (width + 3) / 4; k++) {  /* branch-free: the nibbles are random */
+                int32_t mask = (int32_t)(bits >> (4 * k)) & 15;
+                code_list[code_count] = 4 * ((int32_t)base + 4 * k) + mask;
+                code_count += mask != 0;
             }
-            code_list[code_count] = (int32_t)(16 * full) + mask;
-            code_count += mask != 0;
         }
         num_ones[s] = count;
         num_codes[s] = code_count;
@@ -270,9 +263,15 @@ int FN(rbm_cd_gradient)(int64_t batch, int64_t num_visible, int64_t num_hidden, 
                         const REAL *data_hidden, const REAL *visible, const REAL *visible_hidden,
                         REAL *grad_weight, REAL *grad_visible_bias, REAL *grad_hidden_bias, int num_threads)
 {
+    int64_t words = (num_visible + 63) / 64;
     int32_t *lists = malloc(sizeof(int32_t) * (batch + 1) * num_visible);
-    if (lists == NULL) return -1;
+    uint64_t *bits = malloc(sizeof(uint64_t) * 2 * batch * words);
+    if (lists == NULL || bits == NULL) {
+        free(lists); free(bits);
+        return -1;
+    }
     int32_t *counts = lists + batch * num_visible;
+    uint64_t *data_bits = bits, *chain_bits = bits + batch * words;
     const REAL scale = (REAL)1 / (REAL)batch;
     int64_t num_tiles = (num_hidden + TILE - 1) / TILE;
     int failed = 0;
@@ -282,19 +281,31 @@ int FN(rbm_cd_gradient)(int64_t batch, int64_t num_visible, int64_t num_hidden, 
         REAL *panel = scratch(work_bytes);
         failed = panel == NULL;
 #pragma omp for schedule(static)
-        for (int64_t i = 0; i < num_visible; i++) {
-            int32_t *list = lists + i * batch;
-            int32_t count = 0, difference = 0;
-            for (int64_t s = 0; s < batch; s++) {
-                int32_t on_data = data[s * num_visible + i] > (REAL)0;
-                int32_t on_chain = visible[s * num_visible + i] > (REAL)0;
-                /* panel row: s (both on), batch + s (chain only), 2 batch + s (data only) */
-                list[count] = (int32_t)s + (int32_t)batch * (on_data ? (on_chain ? 0 : 2) : 1);
-                count += on_data | on_chain;
-                difference += on_chain - on_data;
+        for (int64_t s = 0; s < batch; s++)
+            for (int64_t w = 0; w < words; w++) {
+                int64_t width = num_visible - 64 * w < 64 ? num_visible - 64 * w : 64;
+                data_bits[s * words + w] = FN(row_bits)(data + s * num_visible + 64 * w, width);
+                chain_bits[s * words + w] = FN(row_bits)(visible + s * num_visible + 64 * w, width);
             }
-            counts[i] = count;
-            grad_visible_bias[i] = (REAL)difference * scale;
+        /* Unit i's list: the panel rows of the samples where it is on, in the order of s (so the sums
+         * do not depend on the threads): s (both on), batch + s (chain only), 2 batch + s (data only). */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t w = 0; w < words; w++) {
+            int32_t count[64] = {0}, difference[64] = {0};
+            for (int64_t s = 0; s < batch; s++) {
+                uint64_t on_data = data_bits[s * words + w], on_chain = chain_bits[s * words + w];
+                for (uint64_t rest = on_data | on_chain; rest != 0; rest &= rest - 1) {
+                    int bit = __builtin_ctzll(rest);
+                    int32_t in_data = (int32_t)(on_data >> bit) & 1, in_chain = (int32_t)(on_chain >> bit) & 1;
+                    int32_t row = (int32_t)s + (int32_t)batch * (in_data ? 2 * !in_chain : 1);
+                    lists[(64 * w + bit) * batch + count[bit]++] = row;
+                    difference[bit] += in_chain - in_data;
+                }
+            }
+            for (int64_t bit = 0; bit < 64 && 64 * w + bit < num_visible; bit++) {
+                counts[64 * w + bit] = count[bit];
+                grad_visible_bias[64 * w + bit] = (REAL)difference[bit] * scale;
+            }
         }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t tile = 0; tile < num_tiles; tile++) {
@@ -328,7 +339,7 @@ int FN(rbm_cd_gradient)(int64_t batch, int64_t num_visible, int64_t num_hidden, 
             }
         }
     }
-    free(lists);
+    free(lists); free(bits);
     return failed ? -1 : 0;
 }
 
