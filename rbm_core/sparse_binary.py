@@ -179,10 +179,14 @@ def _paired_outer(
 
 
 def is_binary(x: Tensor) -> bool | None:
-    """Whether every entry of a floating CPU tensor is exactly 0 or 1 (a NumPy pass, several times
-    faster than torch's comparisons); ``None`` where it cannot tell this way (other devices, dtypes)."""
+    """Whether every entry of a floating CPU tensor is exactly 0 or 1 (one pass of the C kernel, or a
+    NumPy pass, both several times faster than torch's comparisons); ``None`` where it cannot tell this
+    way (other devices, dtypes)."""
     if x.device.type != "cpu" or x.dtype not in _FLOAT_TYPES:
         return None
+    kernel = _kernel()
+    if kernel is not None and x.is_contiguous():  # one pass in C, several times faster again
+        return kernel.count_binary(x.detach()) is not None
     values = x.detach().numpy()
     return np.count_nonzero(values == 0) + np.count_nonzero(values == 1) == values.size
 

@@ -143,6 +143,13 @@ class Trainer:
         # autograd=True ignores a model's hand-written gradient_step and backpropagates
         # contrastive_loss instead (slower; for checking the fast path, or for new models).
         self.autograd = autograd
+        # A model whose gradient_step overwrites every .grad (gradient_step_overwrites) needs no
+        # zero_grad before it, when the optimizer holds nothing but the model's parameters: a memset
+        # of every gradient per update saved (1.5 MB for a 784 x 500 RBM).
+        model_params = {id(p) for p in model.parameters()}
+        self._optimizer_in_model = all(
+            id(p) in model_params for group in self.optimizer.param_groups for p in group["params"]
+        )
 
     @property
     def device(self) -> torch.device:
@@ -150,12 +157,15 @@ class Trainer:
 
     def _step(self, positive: Tensor) -> None:
         negative = self.estimator.negative_phase(self.model, positive, self.generator)
-        self.optimizer.zero_grad(set_to_none=False)
         if self.gradient_step is not None:
+            self.optimizer.zero_grad(set_to_none=False)
             self.gradient_step(self.model, positive, negative)
         elif not self.autograd and hasattr(self.model, "gradient_step"):
+            if not (self._optimizer_in_model and getattr(self.model, "gradient_step_overwrites", False)):
+                self.optimizer.zero_grad(set_to_none=False)
             self.model.gradient_step(positive, negative)
         else:
+            self.optimizer.zero_grad(set_to_none=False)
             weights = negative.info.get("weights")
             if weights is None:
                 loss = self.model.contrastive_loss(positive, negative.state.visible)

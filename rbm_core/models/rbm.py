@@ -164,6 +164,18 @@ class RBM(nn.Module):
             self.weight, self.visible_bias, self.hidden_bias, positive, num_steps, generator
         )
 
+    @property
+    def gradient_step_overwrites(self) -> bool:
+        """Whether ``gradient_step`` writes every parameter's ``.grad`` in full and never adds to it,
+        so that the Trainer need not zero the gradients first: true of this class's own (every path
+        writes the three gradients with ``out=`` / ``copy_`` or the C kernel), not assumed of a
+        subclass that replaces it."""
+        cls = type(self)
+        return all(
+            getattr(cls, name) is getattr(RBM, name)
+            for name in ("gradient_step", "contrastive_grads", "_binary_chain_grads")
+        )
+
     def gradient_step(self, positive: Tensor, negative) -> None:
         """Trainer hook: write the CD/PCD gradient into ``.grad`` by the hand-written fast path,
         reusing the hidden means the chains already computed (p(h|v_data) from CD's start,
