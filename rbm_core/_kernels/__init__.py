@@ -1,11 +1,9 @@
 """Hand-written C kernels for the CPU (``cd_binary.c``: CD-k's chain and gradient for a Bernoulli RBM on
 0/1 data), compiled at first use with the system compiler into a cached shared library, called through ctypes.
 
-``cd_binary()`` returns the loaded kernels, or ``None`` (after one logged warning) where there is no
-compiler or the build fails; callers then take their NumPy/torch path. The library is cached under
-``$RBM_CORE_CACHE`` (default ``~/.cache/rbm_core``), keyed by a hash of the sources, the flags, the
-compiler's version and the CPU, and written atomically (a temporary file renamed into place), so that
-processes building at the same time do not clash.
+``cd_binary()`` returns them, or ``None`` (after one logged warning) where there is no compiler or the build
+fails. The library lives under ``$RBM_CORE_CACHE`` (default ``~/.cache/rbm_core``), named by a hash of the
+sources, flags, compiler version and CPU, and is written atomically (a temporary file renamed into place).
 """
 
 from __future__ import annotations
@@ -28,10 +26,12 @@ _log = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).resolve().parent
 SOURCES = ("cd_binary.c", "cd_binary_impl.h")
-# OpenMP first; a compiler without it (Apple clang) still builds a one-thread library
+# OpenMP first; a compiler without it (Apple clang) still builds a one-thread library, and one without
+# -march=native a portable one (the AVX blocks fall back to plain loops)
 FLAG_SETS = (
     ("-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"),
     ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC"),
+    ("-O3", "-std=gnu11", "-shared", "-fPIC"),
 )
 
 # rbm_cd_chain's ways of summing a layer's weight rows (cd_binary.c): as they are, by Four-Russians

@@ -109,6 +109,10 @@ def test_the_gradient_equals_the_dense_products(batch, num_visible, num_hidden, 
     grads = (torch.full((num_visible, num_hidden), float("nan"), dtype=dtype),
              torch.full((num_visible,), float("nan"), dtype=dtype), torch.full((num_hidden,), float("nan"), dtype=dtype))  # fmt: skip
     kernel.gradient(data, data_hidden, visible, visible_hidden, grads, 1)
+    threaded = tuple(torch.empty_like(g) for g in grads)
+    kernel.gradient(data, data_hidden, visible, visible_hidden, threaded, 2)
+    for ours, theirs in zip(grads, threaded, strict=True):
+        assert torch.equal(ours, theirs)  # each output summed by one thread in one order
     exact = (
         (visible.t() @ visible_hidden - data.t() @ data_hidden) / batch,
         visible.mean(0) - data.mean(0),
