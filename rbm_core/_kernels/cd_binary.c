@@ -12,9 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define SPLITMIX_GAMMA 0x9E3779B97F4A7C15ULL
 
