@@ -343,7 +343,8 @@ def chain_draws(batch: int, num_visible: int, num_hidden: int, num_steps: int) -
 
 
 def _kernel() -> _kernels.CDBinary | None:
-    return _kernels.cd_binary() if use_kernel else None
+    """The C kernel where it is switched on (``enabled`` and ``use_kernel``) and builds."""
+    return _kernels.cd_binary() if enabled and use_kernel else None
 
 
 def _kernel_tensors(*tensors: Tensor) -> bool:
@@ -406,7 +407,7 @@ def chain_gradient(chain: BinaryChain, grad_weight: Tensor, grad_visible_bias: T
     ``RBM.contrastive_grads``) into the three buffers by the C kernel: True when done, False
     (nothing written) where the kernel does not apply."""
     kernel = _kernel()
-    if not enabled or kernel is None:
+    if kernel is None:
         return False
     tensors = (chain.positive, chain.positive_hidden, chain.visible, chain.hidden_mean)
     grads = (grad_weight, grad_visible_bias, grad_hidden_bias)
