@@ -176,7 +176,8 @@ static inline void transpose_block_f64(const double *in, int64_t in_stride, doub
 #define SUFFIX _f32
 #define EXP exp_f32
 #define UNIFORM(bits) ((float)((bits) >> 40) * 0x1p-24f)
-#define TILE 64
+#define TILE 32
+#define GRADIENT_TILE 64
 #define BLOCK 8
 #include "cd_binary_impl.h"
 #undef REAL
@@ -184,12 +185,14 @@ static inline void transpose_block_f64(const double *in, int64_t in_stride, doub
 #undef EXP
 #undef UNIFORM
 #undef TILE
+#undef GRADIENT_TILE
 #undef BLOCK
 
 #define REAL double
 #define SUFFIX _f64
 #define EXP exp_f64
 #define UNIFORM(bits) ((double)((bits) >> 11) * 0x1p-53)
-#define TILE 32
+#define TILE 16
+#define GRADIENT_TILE 32
 #define BLOCK 4
 #include "cd_binary_impl.h"

@@ -1,12 +1,16 @@
 /* The typed body of cd_binary.c, included once per floating type with REAL, SUFFIX (the exported
- * names' suffix), EXP (a vectorisable exp), UNIFORM (64 random bits to a uniform in [0, 1)) and
- * TILE (columns summed at once: eight 32-byte vectors, so the partial sums stay in registers). */
+ * names' suffix), EXP (a vectorisable exp), UNIFORM (64 random bits to a uniform in [0, 1)), TILE
+ * (the chain's columns summed at once: four 32-byte vectors, for four samples at a time, so the 16
+ * partial sums stay in registers) and GRADIENT_TILE (the gradient's: eight vectors, one row at a
+ * time). */
 
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 #define FN(name) CAT(name, SUFFIX)
 #define VECTOR FN(vector)
 #define LANES (32 / (int64_t)sizeof(REAL))
+#define NV (TILE / LANES)               /* vectors per chain tile row */
+#define GRADIENT_NV (GRADIENT_TILE / LANES)
 
 typedef REAL VECTOR __attribute__((vector_size(32), aligned(sizeof(REAL)), may_alias));
 
@@ -28,25 +32,56 @@ void FN(rbm_uniforms)(uint64_t key, uint64_t first, int64_t count, REAL *out)
         out[i] = UNIFORM(splitmix_output(key, first + (uint64_t)i));
 }
 
-/* dst[0 .. TILE) = src[0 .. TILE) by vector moves (gcc calls memcpy for 256 bytes). */
-static inline void FN(copy_tile)(REAL *restrict dst, const REAL *restrict src)
+/* dst[0 .. count vectors) = src[..] by vector moves (gcc calls memcpy for 256 bytes). */
+static inline void FN(copy_vectors)(REAL *restrict dst, const REAL *restrict src, int count)
 {
-    for (int v = 0; v < 8; v++) ((VECTOR *)dst)[v] = ((const VECTOR *)src)[v];
+    for (int v = 0; v < count; v++) ((VECTOR *)dst)[v] = ((const VECTOR *)src)[v];
 }
 
-/* acc[0 .. TILE) += the sum of the listed rows of `rows` (each TILE wide, 64-byte aligned). */
-static inline void FN(accumulate)(VECTOR *restrict acc, const REAL *restrict rows, const int32_t *restrict list,
-                                  int64_t count)
+#define COPY_TILE(dst, src) FN(copy_vectors)((dst), (src), NV)
+
+/* acc[0 .. GRADIENT_TILE) += the sum of the listed rows of `rows` (each GRADIENT_TILE wide, 64-byte
+ * aligned). */
+static inline void FN(accumulate_wide)(VECTOR *restrict acc, const REAL *restrict rows, const int32_t *restrict list,
+                                       int64_t count)
 {
-    VECTOR a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
-    VECTOR a4 = acc[4], a5 = acc[5], a6 = acc[6], a7 = acc[7];
+    VECTOR a[GRADIENT_NV];
+    for (int v = 0; v < GRADIENT_NV; v++) a[v] = acc[v];
     for (int64_t k = 0; k < count; k++) {
-        const VECTOR *row = (const VECTOR *)__builtin_assume_aligned(rows + (int64_t)list[k] * TILE, 64);
-        a0 += row[0]; a1 += row[1]; a2 += row[2]; a3 += row[3];
-        a4 += row[4]; a5 += row[5]; a6 += row[6]; a7 += row[7];
+        const VECTOR *row = (const VECTOR *)__builtin_assume_aligned(rows + (int64_t)list[k] * GRADIENT_TILE, 64);
+        for (int v = 0; v < GRADIENT_NV; v++) a[v] += row[v];
     }
-    acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
-    acc[4] = a4; acc[5] = a5; acc[6] = a6; acc[7] = a7;
+    for (int v = 0; v < GRADIENT_NV; v++) acc[v] = a[v];
+}
+
+/* For j < 4: acc[j][0 .. TILE) += the sum of the rows of `rows` (each TILE wide, 64-byte aligned) in
+ * list[j][0 .. count[j]), in the list's order. Four independent sums at once, so that the adds'
+ * latency overlaps and a narrow tile (whose panel stays closer to the core) loses nothing to it. */
+static inline void FN(accumulate4)(VECTOR (*restrict acc)[NV], const REAL *restrict rows,
+                                   const int32_t *const list[4], const int64_t count[4])
+{
+    int64_t common = count[0];
+    for (int j = 1; j < 4; j++) common = count[j] < common ? count[j] : common;
+    VECTOR a[4][NV];
+    for (int j = 0; j < 4; j++)
+        for (int v = 0; v < NV; v++) a[j][v] = acc[j][v];
+    const int32_t *l0 = list[0], *l1 = list[1], *l2 = list[2], *l3 = list[3];
+    for (int64_t k = 0; k < common; k++) {
+        const VECTOR *r0 = (const VECTOR *)__builtin_assume_aligned(rows + (int64_t)l0[k] * TILE, 64);
+        const VECTOR *r1 = (const VECTOR *)__builtin_assume_aligned(rows + (int64_t)l1[k] * TILE, 64);
+        const VECTOR *r2 = (const VECTOR *)__builtin_assume_aligned(rows + (int64_t)l2[k] * TILE, 64);
+        const VECTOR *r3 = (const VECTOR *)__builtin_assume_aligned(rows + (int64_t)l3[k] * TILE, 64);
+        for (int v = 0; v < NV; v++) {
+            a[0][v] += r0[v]; a[1][v] += r1[v]; a[2][v] += r2[v]; a[3][v] += r3[v];
+        }
+    }
+    for (int j = 0; j < 4; j++) {
+        for (int64_t k = common; k < count[j]; k++) {
+            const VECTOR *row = (const VECTOR *)__builtin_assume_aligned(rows + (int64_t)list[j][k] * TILE, 64);
+            for (int v = 0; v < NV; v++) a[j][v] += row[v];
+        }
+        for (int v = 0; v < NV; v++) acc[j][v] = a[j][v];
+    }
 }
 
 /* mean = sigmoid(field); state = (u < mean) for the uniforms numbered first .. first + width - 1
@@ -74,7 +109,7 @@ static void FN(copy_panel)(REAL *restrict panel, const REAL *restrict source, in
                            int64_t start, int64_t width)
 {
     if (width == TILE) {  /* vector moves, no library call per row */
-        for (int64_t r = 0; r < rows; r++) FN(copy_tile)(panel + r * TILE, source + r * stride + start);
+        for (int64_t r = 0; r < rows; r++) COPY_TILE(panel + r * TILE, source + r * stride + start);
         return;
     }
     for (int64_t r = 0; r < rows; r++) {
@@ -108,15 +143,15 @@ static void FN(build_table)(REAL *restrict table, const REAL *restrict panel, in
     int64_t groups = (rows + 3) / 4;
     for (int64_t g = 0; g < groups; g++) {
         VECTOR *base = (VECTOR *)__builtin_assume_aligned(table + g * 16 * TILE, 64);
-        for (int v = 0; v < 8; v++) base[v] = (VECTOR){0};
+        for (int v = 0; v < NV; v++) base[v] = (VECTOR){0};
         for (int m = 1; m < 16; m++) {
             int k = __builtin_ctz(m);
-            VECTOR *out = base + m * 8, *rest = base + (m & (m - 1)) * 8;
+            VECTOR *out = base + m * NV, *rest = base + (m & (m - 1)) * NV;
             if (4 * g + k < rows) {
                 const VECTOR *row = (const VECTOR *)__builtin_assume_aligned(panel + (4 * g + k) * TILE, 64);
-                for (int v = 0; v < 8; v++) out[v] = rest[v] + row[v];
+                for (int v = 0; v < NV; v++) out[v] = rest[v] + row[v];
             } else {
-                for (int v = 0; v < 8; v++) out[v] = rest[v];
+                for (int v = 0; v < NV; v++) out[v] = rest[v];
             }
         }
     }
@@ -195,15 +230,24 @@ static void FN(layer)(int64_t batch, int64_t n_in, int64_t n_out, const REAL *we
         if (use_table) FN(build_table)(table, panel, n_in);
         REAL tile_bias[TILE] __attribute__((aligned(64))) = {0};
         memcpy(tile_bias, bias + start, sizeof(REAL) * width);
-        for (int64_t s = 0; s < batch; s++) {
-            VECTOR acc[8];
-            FN(copy_tile)((REAL *)acc, tile_bias);
-            if (use_table)
-                FN(accumulate)(acc, table, lists.codes + s * groups, lists.num_codes[s]);
-            else
-                FN(accumulate)(acc, panel, lists.ones + s * n_in, lists.num_ones[s]);
-            int64_t at = s * n_out + start;
-            FN(sample)((const REAL *)acc, width, key, uniforms, first + (uint64_t)at, mean + at, state + at);
+        const REAL *rows = use_table ? table : panel;
+        const int32_t *all = use_table ? lists.codes : lists.ones;
+        const int32_t *counts = use_table ? lists.num_codes : lists.num_ones;
+        int64_t stride = use_table ? groups : n_in;
+        for (int64_t s0 = 0; s0 < batch; s0 += 4) {  /* four samples at a time: see accumulate4 */
+            VECTOR acc[4][NV];
+            const int32_t *list[4];
+            int64_t count[4];
+            for (int j = 0; j < 4; j++) {
+                COPY_TILE((REAL *)acc[j], tile_bias);
+                list[j] = all + (s0 + j < batch ? s0 + j : s0) * stride;
+                count[j] = s0 + j < batch ? counts[s0 + j] : 0;  /* past the end: nothing, not stored */
+            }
+            FN(accumulate4)(acc, rows, list, count);
+            for (int j = 0; j < 4 && s0 + j < batch; j++) {
+                int64_t at = (s0 + j) * n_out + start;
+                FN(sample)((const REAL *)acc[j], width, key, uniforms, first + (uint64_t)at, mean + at, state + at);
+            }
         }
     }
 }
@@ -273,9 +317,9 @@ int FN(rbm_cd_gradient)(int64_t batch, int64_t num_visible, int64_t num_hidden, 
     int32_t *counts = lists + batch * num_visible;
     uint64_t *data_bits = bits, *chain_bits = bits + batch * words;
     const REAL scale = (REAL)1 / (REAL)batch;
-    int64_t num_tiles = (num_hidden + TILE - 1) / TILE;
+    int64_t num_tiles = (num_hidden + GRADIENT_TILE - 1) / GRADIENT_TILE;
     int failed = 0;
-    size_t work_bytes = sizeof(REAL) * TILE * 3 * batch;
+    size_t work_bytes = sizeof(REAL) * GRADIENT_TILE * 3 * batch;
 #pragma omp parallel num_threads(team_size(num_threads)) reduction(| : failed)
     {
         REAL *panel = scratch(work_bytes);
@@ -310,30 +354,31 @@ int FN(rbm_cd_gradient)(int64_t batch, int64_t num_visible, int64_t num_hidden, 
 #pragma omp for schedule(dynamic, 1)
         for (int64_t tile = 0; tile < num_tiles; tile++) {
             if (panel == NULL) continue;
-            int64_t start = tile * TILE;
-            int64_t width = num_hidden - start < TILE ? num_hidden - start : TILE;
-            VECTOR column_sum[8] = {0};
+            int64_t start = tile * GRADIENT_TILE;
+            int64_t width = num_hidden - start < GRADIENT_TILE ? num_hidden - start : GRADIENT_TILE;
+            VECTOR column_sum[GRADIENT_NV] = {0};
             for (int64_t s = 0; s < batch; s++) {
-                REAL *both = panel + s * TILE, *chain = both + batch * TILE, *only_data = chain + batch * TILE;
+                REAL *both = panel + s * GRADIENT_TILE, *chain = both + batch * GRADIENT_TILE;
+                REAL *only_data = chain + batch * GRADIENT_TILE;
                 const REAL *q = visible_hidden + s * num_hidden + start, *p = data_hidden + s * num_hidden + start;
-                for (int64_t j = 0; j < TILE; j++) {
+                for (int64_t j = 0; j < GRADIENT_TILE; j++) {
                     REAL qj = j < width ? q[j] : 0, pj = j < width ? p[j] : 0;
                     both[j] = qj - pj;
                     chain[j] = qj;
                     only_data[j] = -pj;
                 }
                 const VECTOR *row = (const VECTOR *)__builtin_assume_aligned(both, 64);
-                for (int v = 0; v < 8; v++) column_sum[v] += row[v];
+                for (int v = 0; v < GRADIENT_NV; v++) column_sum[v] += row[v];
             }
-            for (int v = 0; v < 8; v++) column_sum[v] *= scale;
+            for (int v = 0; v < GRADIENT_NV; v++) column_sum[v] *= scale;
             memcpy(grad_hidden_bias + start, column_sum, sizeof(REAL) * width);
             for (int64_t i = 0; i < num_visible; i++) {
-                VECTOR acc[8] = {0};
-                FN(accumulate)(acc, panel, lists + i * batch, counts[i]);
-                for (int v = 0; v < 8; v++) acc[v] *= scale;
+                VECTOR acc[GRADIENT_NV] = {0};
+                FN(accumulate_wide)(acc, panel, lists + i * batch, counts[i]);
+                for (int v = 0; v < GRADIENT_NV; v++) acc[v] *= scale;
                 REAL *out = grad_weight + i * num_hidden + start;
-                if (width == TILE)
-                    FN(copy_tile)(out, (const REAL *)acc);
+                if (width == GRADIENT_TILE)
+                    FN(copy_vectors)(out, (const REAL *)acc, GRADIENT_NV);
                 else
                     for (int64_t j = 0; j < width; j++) out[j] = ((const REAL *)acc)[j];
             }
@@ -345,6 +390,9 @@ int FN(rbm_cd_gradient)(int64_t batch, int64_t num_visible, int64_t num_hidden, 
 
 #undef VECTOR
 #undef LANES
+#undef NV
+#undef GRADIENT_NV
+#undef COPY_TILE
 #undef FN
 #undef CAT
 #undef CAT_
