@@ -168,36 +168,55 @@ static inline uint64_t FN(row_bits)(const REAL *x, int64_t count)
     return bits;
 }
 
-/* The lists of a 0/1 batch x (batch, n): ones[s * n ..] the column indices of the ones of row s,
- * codes[s * groups ..] the table rows g * 16 + m of its nonzero groups of four (m the group's bits),
- * both from the row's bits taken 64 at a time. */
-static void FN(list_rows)(int64_t batch, int64_t n, const REAL *x, int32_t *ones, int32_t *num_ones,
-                          int32_t *codes, int32_t *num_codes)
+/* The ones of a 0/1 batch x (batch, n): ones[s * n ..] the column indices of the ones of row s,
+ * bits[s * words ..] its bits (64 to a word), num_codes[s] its number of groups of four that are not
+ * all zero (table rows that list_codes would list). */
+static void FN(list_rows)(int64_t batch, int64_t n, const REAL *x, int32_t *ones, int32_t *num_ones, uint64_t *bits,
+                          int32_t *num_codes)
 {
+    int64_t words = (n + 63) / 64;
 #pragma omp for schedule(static)
     for (int64_t s = 0; s < batch; s++) {
         const REAL *row = x + s * n;
-        int32_t *list = ones + s * n, *code_list = codes + s * ((n + 3) / 4);
+        int32_t *list = ones + s * n;
         int32_t count = 0, code_count = 0;
-        for (int64_t base = 0; base < n; base += 64) {
-            int64_t width = n - base < 64 ? n - base : 64;
-            uint64_t bits = FN(row_bits)(row + base, width);
-            for (uint64_t rest = bits; rest != 0; rest &= rest - 1)
-                list[count++] = (int32_t)base + __builtin_ctzll(rest);
-            for (int32_t k = 0; k < (width + 3) / 4; k++) {  /* branch-free: the nibbles are random */
-                int32_t mask = (int32_t)(bits >> (4 * k)) & 15;
-                code_list[code_count] = 4 * ((int32_t)base + 4 * k) + mask;
-                code_count += mask != 0;
-            }
+        for (int64_t w = 0; w < words; w++) {
+            int64_t width = n - 64 * w < 64 ? n - 64 * w : 64;
+            uint64_t word = FN(row_bits)(row + 64 * w, width);
+            bits[s * words + w] = word;
+            for (uint64_t rest = word; rest != 0; rest &= rest - 1)
+                list[count++] = (int32_t)(64 * w) + __builtin_ctzll(rest);
+            code_count += __builtin_popcountll((word | word >> 1 | word >> 2 | word >> 3) & 0x1111111111111111ULL);
         }
         num_ones[s] = count;
         num_codes[s] = code_count;
     }
 }
 
-/* The lists that a layer's input needs: see list_rows. */
+/* codes[s * groups ..] the table rows g * 16 + m of the nonzero groups of four of row s (m the
+ * group's bits), from the bits of list_rows; only for a layer that sums by tables. */
+static void FN(list_codes)(int64_t batch, int64_t n, const uint64_t *bits, int32_t *codes)
+{
+    int64_t words = (n + 63) / 64, groups = (n + 3) / 4;
+#pragma omp for schedule(static)
+    for (int64_t s = 0; s < batch; s++) {
+        int32_t *code_list = codes + s * groups, code_count = 0;
+        for (int64_t w = 0; w < words; w++) {
+            uint64_t word = bits[s * words + w];
+            int64_t width = n - 64 * w < 64 ? n - 64 * w : 64;
+            for (int32_t k = 0; k < (width + 3) / 4; k++) {  /* branch-free: the nibbles are random */
+                int32_t mask = (int32_t)(word >> (4 * k)) & 15;
+                code_list[code_count] = 4 * ((int32_t)(64 * w) + 4 * k) + mask;
+                code_count += mask != 0;
+            }
+        }
+    }
+}
+
+/* The lists that a layer's input needs: see list_rows and list_codes. */
 typedef struct {
     int32_t *ones, *num_ones, *codes, *num_codes;
+    uint64_t *bits;
 } FN(lists);
 
 /* One layer of the chain for every row s of the batch: field = bias + the input row's ones times
@@ -214,9 +233,11 @@ static void FN(layer)(int64_t batch, int64_t n_in, int64_t n_out, const REAL *we
         total_ones += lists.num_ones[s];
         total_codes += lists.num_codes[s];
     }
-    /* a table costs 15 row sums per group to build, then one per nonzero group and row */
-    int use_table = tables == TABLES_BY_COST ? total_codes + 15 * groups < total_ones : tables == TABLES_ALWAYS;
+    /* a table costs 15 row sums per group to build, each about three lookups' worth (measured: they
+     * are stores), then one lookup per nonzero group and row */
+    int use_table = tables == TABLES_BY_COST ? total_codes + 45 * groups < total_ones : tables == TABLES_ALWAYS;
     REAL *panel = work, *table = work == NULL ? NULL : work + TILE * 4 * groups;
+    if (use_table) FN(list_codes)(batch, n_in, lists.bits, lists.codes);  /* with the team's barrier */
     int64_t num_tiles = (n_out + TILE - 1) / TILE;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t tile = 0; tile < num_tiles; tile++) {
@@ -266,32 +287,37 @@ int FN(rbm_cd_chain)(int64_t batch, int64_t num_visible, int64_t num_hidden, int
                      REAL *hidden_mean, REAL *positive_hidden, int tables, int num_threads)
 {
     int64_t widest = num_visible > num_hidden ? num_visible : num_hidden, groups = (widest + 3) / 4;
+    int64_t words = (widest + 63) / 64;
+    uint64_t *bits = malloc(sizeof(uint64_t) * batch * words);
     int32_t *memory = malloc(sizeof(int32_t) * batch * (widest + groups + 2));
-    if (memory == NULL) return -1;
+    if (memory == NULL || bits == NULL) {
+        free(memory); free(bits);
+        return -1;
+    }
     int32_t *codes = memory + batch * widest, *counts = codes + batch * groups;
-    FN(lists) lists = {memory, counts, codes, counts + batch};
+    FN(lists) lists = {memory, counts, codes, counts + batch, bits};
     int failed = 0;
     size_t work_bytes = sizeof(REAL) * (size_t)FN(work_size)(widest);
 #pragma omp parallel num_threads(team_size(num_threads)) reduction(| : failed)
     {
         REAL *work = scratch(work_bytes);
         failed = work == NULL;  /* its tiles are skipped: the caller gets -1 and discards the results */
-        FN(list_rows)(batch, num_visible, data, lists.ones, lists.num_ones, lists.codes, lists.num_codes);
+        FN(list_rows)(batch, num_visible, data, lists.ones, lists.num_ones, lists.bits, lists.num_codes);
         FN(layer)(batch, num_visible, num_hidden, weight, 0, hidden_bias, lists, key, uniforms, 0,
                   positive_hidden, hidden, work, tables);
         uint64_t first = (uint64_t)(batch * num_hidden);
         for (int64_t step = 0; step < num_steps; step++) {
-            FN(list_rows)(batch, num_hidden, hidden, lists.ones, lists.num_ones, lists.codes, lists.num_codes);
+            FN(list_rows)(batch, num_hidden, hidden, lists.ones, lists.num_ones, lists.bits, lists.num_codes);
             FN(layer)(batch, num_hidden, num_visible, weight, 1, visible_bias, lists, key, uniforms, first,
                       visible_mean, visible, work, tables);
             first += (uint64_t)(batch * num_visible);
-            FN(list_rows)(batch, num_visible, visible, lists.ones, lists.num_ones, lists.codes, lists.num_codes);
+            FN(list_rows)(batch, num_visible, visible, lists.ones, lists.num_ones, lists.bits, lists.num_codes);
             FN(layer)(batch, num_visible, num_hidden, weight, 0, hidden_bias, lists, key, uniforms, first,
                       hidden_mean, hidden, work, tables);
             first += (uint64_t)(batch * num_hidden);
         }
     }
-    free(memory);
+    free(memory); free(bits);
     return failed ? -1 : 0;
 }
 
