@@ -1,18 +1,18 @@
 /* The typed body of cd_binary.c, included once per floating type with REAL, SUFFIX (the exported
  * names' suffix), EXP (a vectorisable exp), UNIFORM (64 random bits to a uniform in [0, 1)), TILE
- * (the chain's columns summed at once: four 32-byte vectors, for four samples at a time, so the 16
- * partial sums stay in registers) and GRADIENT_TILE (the gradient's: eight vectors, one row at a
- * time). */
+ * (the chain's columns summed at once, for four samples at a time, so the partial sums stay in
+ * registers: 128 bytes, two 64-byte vectors with AVX-512, four 32-byte ones without) and
+ * GRADIENT_TILE (the gradient's, one row at a time: 256 bytes). */
 
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 #define FN(name) CAT(name, SUFFIX)
 #define VECTOR FN(vector)
-#define LANES (32 / (int64_t)sizeof(REAL))
+#define LANES (VECTOR_BYTES / (int64_t)sizeof(REAL))
 #define NV (TILE / LANES)               /* vectors per chain tile row */
 #define GRADIENT_NV (GRADIENT_TILE / LANES)
 
-typedef REAL VECTOR __attribute__((vector_size(32), aligned(sizeof(REAL)), may_alias));
+typedef REAL VECTOR __attribute__((vector_size(VECTOR_BYTES), aligned(sizeof(REAL)), may_alias));
 
 /* The number of ones of x, or -1 where an entry is neither exactly 0 nor exactly 1. */
 int64_t FN(rbm_count_binary)(const REAL *x, int64_t n)
