@@ -68,7 +68,7 @@ def kernel_chain(weight, visible_bias, hidden_bias, data, num_steps, uniforms=No
 @pytest.mark.parametrize("tables", TABLES)
 @pytest.mark.parametrize("num_steps", [1, 3])
 @pytest.mark.parametrize("density", DENSITIES)
-@pytest.mark.parametrize("batch, num_visible, num_hidden", [(1, 160, 120), (7, 37, 70), (64, 160, 120), (33, 200, 64)])
+@pytest.mark.parametrize("batch, num_visible, num_hidden", [(1, 160, 120), (6, 37, 70), (7, 37, 70), (64, 160, 120), (33, 200, 64)])
 def test_the_chain_equals_dense_products_with_the_same_uniforms(batch, num_visible, num_hidden, density, num_steps, tables):
     weight, visible_bias, hidden_bias = parameters(num_visible, num_hidden, seed=1)
     data = binary(batch, num_visible, density, seed=2)
