@@ -77,7 +77,8 @@ static inline double exp_f64(double x)
 
 /* The width of the kernels' vectors: one AVX-512 register where there is one (half the
  * instructions per row summed: the chain 0.70 -> 0.60 ms, the gradient 0.23 -> 0.19 ms per 100-row
- * batch of a 784 x 500 RBM on one core of an AVX-512 EPYC, family 26), else one AVX register (or two SSE ones). */
+ * batch of a 784 x 500 RBM on one core of an AVX-512 EPYC, family 26), else one AVX register (or
+ * two SSE ones). */
 #ifdef __AVX512F__
 #define VECTOR_BYTES 64
 #else
