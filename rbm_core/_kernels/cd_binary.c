@@ -41,6 +41,9 @@ static inline float exp_f32(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
+    /* x NaN (non-finite parameters) leaves p NaN, whatever the scale; n NaN would make the conversion
+     * and the shift below undefined (UBSan: out of range, left shift of a negative value) */
+    n = n == n ? n : 0.0f;
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
@@ -69,6 +72,7 @@ static inline double exp_f64(double x)
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
+    n = n == n ? n : 0.0;  /* as in exp_f32 */
     int64_t bits = ((int64_t)n + 1023) << 52;
     double scale;
     memcpy(&scale, &bits, sizeof scale);

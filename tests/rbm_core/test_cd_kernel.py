@@ -96,6 +96,30 @@ def test_float32_means_follow_the_kernels_own_states(tables):
     assert set(ours["visible"].unique().tolist()) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_non_finite_weight_spoils_only_the_fields_it_enters(dtype, bad):
+    """A diverged model's NaN weight gives NaN means where it enters a field, an infinite one the
+    sigmoid's limit, and the other fields are untouched. (A NaN field made exp_f32/exp_f64 convert a
+    NaN to an integer and shift a negative value left: undefined, reported by a build with
+    -fsanitize=undefined,float-cast-overflow running this test.)"""
+    weight, visible_bias, hidden_bias = parameters(40, 24, seed=26, dtype=dtype)
+    weight[3, 5] = bad
+    data = binary(8, 40, 0.5, seed=27, dtype=dtype)
+    data[:4, 3], data[4:, 3] = 1, 0
+    ours = kernel_chain(weight, visible_bias, hidden_bias, data, 1, key=28)["positive_hidden"]
+    finite = weight.nan_to_num(0.0, 0.0, 0.0)
+    exact = torch.sigmoid(hidden_bias + data @ finite)
+    tol = 2e-6 if dtype == torch.float32 else 1e-12
+    spoiled = torch.zeros_like(ours, dtype=torch.bool)
+    spoiled[:4, 5] = True
+    torch.testing.assert_close(ours[~spoiled], exact[~spoiled], atol=tol, rtol=0)
+    if bad != bad:
+        assert ours[:4, 5].isnan().all()
+    else:
+        torch.testing.assert_close(ours[:4, 5], torch.full((4,), float(bad > 0), dtype=dtype), atol=1e-30, rtol=0)
+
+
 @pytest.mark.parametrize("density", DENSITIES)
 @pytest.mark.parametrize("batch, num_visible, num_hidden", [(1, 160, 120), (64, 160, 120), (9, 37, 70)])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-13), (torch.float32, 2e-6)])
