@@ -169,16 +169,27 @@ def _active_version(session: Session, definition_id: int) -> ModelVersion | None
     ).one_or_none()
 
 
-def _score_incumbent(session_factory: sessionmaker, definition_id: int, snapshot, train, test, candidate) -> dict:
-    """Both versions' errors on the held-out ratings whose user and item the active version knows."""
-    from rbm_core.ratings import RatingMatrix, RatingModel
-
+def _read_incumbent(session_factory: sessionmaker, definition_id: int) -> tuple[dict, bytes, list, list] | None:
+    """The active version's identity and stored metrics, artifact and index maps (None: no active version)."""
     with session_factory() as session:
         active = _active_version(session, definition_id)
         if active is None:
-            return {"version": None}
+            return None
         info = {"version": active.version, "id": active.id, "stored": dict(active.metrics or {})}
-        artifact, user_index, item_index = active.artifact, list(active.user_index), list(active.item_index)
+        return info, active.artifact, list(active.user_index), list(active.item_index)
+
+
+def _score_incumbent(session_factory: sessionmaker, claim: queue.Claim, snapshot, train, test, candidate) -> dict:
+    """Both versions' errors on the held-out ratings whose user and item the active version knows."""
+    from rbm_core.ratings import RatingMatrix, RatingModel
+
+    found = retry_db(
+        lambda: _read_incumbent(session_factory, claim.definition_id),
+        what=f"job {claim.job_id}: reading the active version",
+    )
+    if found is None:
+        return {"version": None}
+    info, artifact, user_index, item_index = found
     try:
         incumbent = RatingModel.from_bytes(artifact)
     except Exception as exc:  # a broken active artifact must not block a good new version
@@ -329,7 +340,7 @@ def _run(
     if lease.cancel_requested:
         return _close(session_factory, claim, lease, "cancelled", "cancelled on request; no version written")
     metrics = fit_metrics(fit, holdout=definition.holdout, snapshot_seconds=snapshot_seconds, history=history)
-    incumbent = _score_incumbent(session_factory, claim.definition_id, snapshot, fit.train, fit.test, fit.model)
+    incumbent = _score_incumbent(session_factory, claim, snapshot, fit.train, fit.test, fit.model)
     decision = gate_decision(gate, metrics, incumbent)
     metrics["gate"] = {**decision.as_dict(), "config": gate.__dict__}
     artifact = fit.model.to_bytes()

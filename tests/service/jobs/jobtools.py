@@ -38,7 +38,7 @@ TINY = {
     "shared_weights": False,
     "layout": "sparse",
 }
-SLOW = {**TINY, "epochs": 150}
+SLOW = {**TINY, "epochs": 500}
 
 
 def planted_ratings(num_users: int, num_items: int, per_user: int, seed: int) -> list[tuple[int, int, int]]:

@@ -180,8 +180,10 @@ class _Proxy:
         probe.close()
         self.connections: list[socket.socket] = []
         self.listener: socket.socket | None = None
+        self.is_up = False
 
     def up(self) -> None:
+        self.is_up = True
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", self.port))
@@ -189,6 +191,13 @@ class _Proxy:
         threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
 
     def down(self) -> None:
+        self.is_up = False
+        # close() alone does not wake the thread blocked in accept(): the socket kept listening and
+        # the next connection got through the "cut" proxy; shutdown() does wake it
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
         for conn in self.connections:
             try:
@@ -203,6 +212,9 @@ class _Proxy:
             try:
                 client, _ = listener.accept()
             except OSError:
+                return
+            if not self.is_up:  # accepted as the proxy went down
+                client.close()
                 return
             server = socket.create_connection(("127.0.0.1", self.target_port))
             self.connections += [client, server]
