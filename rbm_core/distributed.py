@@ -25,8 +25,10 @@ Launch on GPUs (one process per GPU; any number of machines)::
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -442,9 +444,6 @@ def _exit_without_finalizing(code: int) -> None:
     ``ProcessGroupGloo::runLoop``). It happened in about 1 of 25 two-process runs on a loaded 2-core
     machine. Everything is written by now, so flush and leave.
     """
-    import logging
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()

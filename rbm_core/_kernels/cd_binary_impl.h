@@ -288,12 +288,10 @@ int FN(rbm_cd_chain)(int64_t batch, int64_t num_visible, int64_t num_hidden, int
 {
     int64_t widest = num_visible > num_hidden ? num_visible : num_hidden, groups = (widest + 3) / 4;
     int64_t words = (widest + 63) / 64;
-    uint64_t *bits = malloc(sizeof(uint64_t) * batch * words);
-    int32_t *memory = malloc(sizeof(int32_t) * batch * (widest + groups + 2));
-    if (memory == NULL || bits == NULL) {
-        free(memory); free(bits);
-        return -1;
-    }
+    /* one block: the rows' bits (8-byte words first, so aligned), then the int32 lists and counts */
+    uint64_t *bits = malloc(sizeof(uint64_t) * batch * words + sizeof(int32_t) * batch * (widest + groups + 2));
+    if (bits == NULL) return -1;
+    int32_t *memory = (int32_t *)(bits + batch * words);
     int32_t *codes = memory + batch * widest, *counts = codes + batch * groups;
     FN(lists) lists = {memory, counts, codes, counts + batch, bits};
     int failed = 0;
@@ -317,7 +315,7 @@ int FN(rbm_cd_chain)(int64_t batch, int64_t num_visible, int64_t num_hidden, int
             first += (uint64_t)(batch * num_hidden);
         }
     }
-    free(memory); free(bits);
+    free(bits);
     return failed ? -1 : 0;
 }
 
